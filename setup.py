@@ -1,0 +1,67 @@
+"""One distribution, two import packages.
+
+``wscfer_ros`` is the runtime a robot installs (numpy, OpenCV, MediaPipe,
+ONNX Runtime; never torch).  ``wscfer_train`` is the training wing in
+``train/``; its dependencies are the ``train`` extra.  The repository root is
+also an ament_python package, so ``colcon build`` installs the same files.
+"""
+from glob import glob
+
+from setuptools import setup
+
+PACKAGE = "wscfer_ros"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=[PACKAGE, "wscfer_train"],
+    package_dir={PACKAGE: PACKAGE, "wscfer_train": "train"},
+    package_data={PACKAGE: ["models/*.onnx", "models/*.json"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/" + PACKAGE]),
+        ("share/" + PACKAGE, ["package.xml"]),
+        ("share/" + PACKAGE + "/launch", glob("launch/*.launch.py")),
+        ("share/" + PACKAGE + "/config", glob("config/*.yaml") + glob("config/*.xml")),
+    ],
+    python_requires=">=3.10",
+    install_requires=[
+        "numpy<2",
+        "mediapipe==0.10.21",
+        "onnxruntime-gpu",
+        "PyYAML",
+        "tqdm",
+    ],
+    extras_require={
+        # ROS 2 from PyPI for machines without a ROS install; on a real ROS
+        # install these come from the distribution's packages instead.
+        "ros": [
+            "ros-rclpy",
+            "ros-rmw-fastrtps-cpp",
+            "ros-sensor-msgs",
+            "ros-std-msgs",
+            "ros-diagnostic-msgs",
+        ],
+        "train": [
+            "torch>=2.1",
+            "onnx",
+            "tensorboard",
+            "matplotlib",
+        ],
+        "test": ["pytest", "pytest-timeout", "scikit-image"],
+    },
+    zip_safe=False,
+    maintainer="wscfer developers",
+    maintainer_email="wscfer@example.org",
+    description="ROS 2 facial expression recognition node and WSCFER training package",
+    license="MIT",
+    entry_points={
+        "console_scripts": [
+            "wscfer_node = wscfer_ros.node:main",
+            "wscfer_camera = wscfer_ros.camera:main",
+            "wscfer-infer = wscfer_ros.infer:main",
+            "wscfer-train = wscfer_train.trainer:main",
+            "wscfer-eval = wscfer_train.evaluate:main",
+            "wscfer-export = wscfer_train.export:main",
+        ],
+    },
+)
