@@ -1,0 +1,356 @@
+"""``wscfer-train``: train a WSCFER model, top to bottom.
+
+    wscfer-train --config config/train_fer2013.yaml [key=value ...] [--resume] [--init weights.pt]
+    torchrun --nproc_per_node 4 -m wscfer_train.trainer --config ...     # several GPUs (DDP)
+
+Each step takes a batch of stored uint8 images, makes two augmented views of
+each on the training device, and minimises L_cls + lambda * L_aux (+ PCL),
+see ``losses.objective``.  The run folder holds ``config.yaml``,
+``run.json`` (data summary, label noise), ``metrics.csv``, TensorBoard
+events in ``tb/``, rolling checkpoints in ``checkpoints/`` and ``best.pt``
+(the epoch with the best validation accuracy).  ``--resume`` continues from
+the newest readable checkpoint exactly where it stopped: model, optimiser,
+schedule, grad scaler, random generators and position in the epoch.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+import yaml
+from tqdm import tqdm
+
+from .augment import Augment
+from .config import load_config
+from .data import data_root, flip_labels, load_dataset
+from .evaluate import evaluate_model
+from .losses import objective
+from .model import build_model, load_init
+
+log = logging.getLogger("wscfer_train")
+
+CSV_FIELDS = ["epoch", "step", "lr", "loss", "cls", "aux", "pcl", "images_per_s",
+              "val_accuracy", "val_mean_recall", "elapsed_s"]
+
+
+# ---------------------------------------------------------------- set-up
+
+def setup_device(train_cfg: dict) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); joins the process group when run by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    wanted = train_cfg["device"]
+    use_cuda = torch.cuda.is_available() if wanted == "auto" else wanted == "cuda"
+    if use_cuda:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if world > 1:
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if train_cfg["threads"]:
+        torch.set_num_threads(train_cfg["threads"])
+    return rank, world, device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_data(cfg: dict, rank: int):
+    """Training and validation sets, with the configured label noise applied to training."""
+    data = cfg["data"]
+    root = data_root()
+    train = load_dataset(data["train"], size=data["size"], color=data["color"], data_root=root)
+    val = load_dataset(data["val"], size=data["size"], color=data["color"], data_root=root)
+    if data["limit"]:
+        keep = np.random.default_rng(cfg["run"]["seed"]).permutation(len(train.labels))[: data["limit"]]
+        train.images, train.labels = train.images[keep], train.labels[keep]
+    noise = {"fraction": data["label_noise"], "seed": data["noise_seed"], "flipped": 0}
+    if data["label_noise"] > 0:
+        train.labels, flipped = flip_labels(train.labels, data["label_noise"], len(train.class_names),
+                                            data["noise_seed"])
+        noise["flipped"] = int(flipped.sum())
+    if rank == 0:
+        log.info("train: %s", train.summary())
+        log.info("val: %s", val.summary())
+        if noise["flipped"]:
+            log.info("label noise: %d of %d training labels flipped (seed %d)",
+                     noise["flipped"], len(train.labels), data["noise_seed"])
+    return train, val, noise
+
+
+def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images, in 0..1 units."""
+    pixels = images.reshape(len(images), -1, 1 if images.ndim == 3 else 3).astype(np.float64) / 255.0
+    return pixels.mean(axis=(0, 1)).round(4).tolist(), pixels.std(axis=(0, 1)).round(4).tolist()
+
+
+def make_optimizer(model: torch.nn.Module, optim: dict) -> torch.optim.Optimizer:
+    """SGD; no weight decay on BatchNorm parameters and biases."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return torch.optim.SGD([{"params": decay, "weight_decay": optim["weight_decay"]},
+                            {"params": no_decay, "weight_decay": 0.0}],
+                           lr=optim["lr"], momentum=optim["momentum"], nesterov=optim["nesterov"])
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int):
+    """Linear warm-up to the base rate, then cosine decay to zero (a LambdaLR factor)."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return factor
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def atomic_save(obj, path: Path) -> None:
+    """Write to a temporary file in the same folder, flush it to disk, then rename over ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Checkpoints:
+    """Rolling training checkpoints ``ckpt-<step>.pt``: the newest ``keep`` are kept."""
+
+    def __init__(self, folder: Path, keep: int):
+        self.folder, self.keep = folder, keep
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def paths(self) -> list[Path]:
+        return sorted(self.folder.glob("ckpt-*.pt"))
+
+    def save(self, state: dict) -> Path:
+        path = self.folder / f"ckpt-{state['global_step']:09d}.pt"
+        atomic_save(state, path)
+        for old in self.paths()[: -self.keep]:
+            old.unlink()
+        return path
+
+    def load_newest(self, device) -> dict | None:
+        """The newest checkpoint that loads; an unreadable one is reported and skipped."""
+        for path in reversed(self.paths()):
+            try:
+                state = torch.load(path, map_location=device, weights_only=False)
+            except Exception as error:  # a truncated or corrupt file: fall back to the previous one
+                log.warning("checkpoint %s is unreadable (%s), trying the previous one", path, error)
+                continue
+            log.info("resuming from %s (epoch %d, step %d)", path, state["epoch"], state["step"])
+            return state
+        return None
+
+
+# ---------------------------------------------------------------- the loop
+
+def gather(tensor: torch.Tensor, world: int, differentiable: bool) -> torch.Tensor:
+    """Concatenate a tensor from all ranks (gradients flow back to the local part)."""
+    if world == 1:
+        return tensor
+    if differentiable:
+        return torch.cat(dist_fn.all_gather(tensor))
+    parts = [torch.empty_like(tensor) for _ in range(world)]
+    dist.all_gather(parts, tensor)
+    return torch.cat(parts)
+
+
+def train(cfg: dict, resume: bool = False) -> dict:
+    """Run (or resume) the training described by ``cfg``; returns the best validation metrics."""
+    rank, world, device = setup_device(cfg["train"])
+    seed = cfg["run"]["seed"]
+    seed_everything(seed + rank)
+    out_dir = Path(cfg["run"]["out_dir"])
+    train_set, val_set, noise = load_data(cfg, rank)
+    data_cfg, optim, loss_cfg = cfg["data"], cfg["optim"], cfg["loss"]
+    if data_cfg["mean"] is None or data_cfg["std"] is None:
+        data_cfg["mean"], data_cfg["std"] = channel_stats(train_set.images)
+    class_names = train_set.class_names
+    in_channels = 1 if data_cfg["color"] == "gray" else 3
+
+    model = build_model(cfg["model"], len(class_names), in_channels)
+    if cfg["model"]["init"] and not resume:
+        load_init(model, cfg["model"]["init"])
+    model.to(device)
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+
+    batch = optim["batch_size"]
+    steps_per_epoch = len(train_set.labels) // (batch * world)
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train_set.labels)} training images are fewer than one batch of {batch * world}")
+    total_steps = optim["epochs"] * steps_per_epoch
+    optimizer = make_optimizer(model, optim)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(total_steps, int(optim["warmup_epochs"] * steps_per_epoch)))
+    amp_dtype = None
+    if cfg["train"]["amp"] and device.type == "cuda":
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    augment = Augment(cfg["augment"], data_cfg["mean"], data_cfg["std"])
+    aug_generator = torch.Generator(device=device).manual_seed(seed * 1000 + rank)
+
+    meta = {"class_names": class_names, "input_size": [data_cfg["size"]] * 2, "color": data_cfg["color"],
+            "mean": data_cfg["mean"], "std": data_cfg["std"], "crop_scale": data_cfg["crop_scale"],
+            "dataset": train_set.name, "epochs": optim["epochs"], "loss": loss_cfg["aux"],
+            "arch": f"{cfg['model']['arch']}-w{cfg['model']['width']}-{cfg['model']['stem']}",
+            "label_noise": noise}
+    checkpoints = Checkpoints(out_dir / "checkpoints", cfg["train"]["keep_checkpoints"])
+    start_epoch, start_step, best = 0, 0, {"accuracy": -1.0}
+    state = checkpoints.load_newest(device) if resume else None
+    if resume and state is None:
+        log.info("--resume: no checkpoint in %s, starting from scratch", checkpoints.folder)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        aug_generator.set_state(state["rng"]["augment"].cpu())
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        start_epoch, start_step, best = state["epoch"], state["step"], state["best"]
+        meta["mean"], meta["std"] = state["meta"]["mean"], state["meta"]["std"]
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        (out_dir / "run.json").write_text(json.dumps(
+            {"train": train_set.summary(), "val": val_set.summary(), "label_noise": noise,
+             "world_size": world, "device": str(device)}, indent=2))
+    writer = csv_file = None
+    if rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(out_dir / "tb"))
+        new_csv = not (out_dir / "metrics.csv").exists()
+        csv_file = open(out_dir / "metrics.csv", "a", newline="")
+        csv_log = csv.DictWriter(csv_file, CSV_FIELDS)
+        if new_csv:
+            csv_log.writeheader()
+
+    def snapshot(epoch: int, step: int) -> dict:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "rng": {"augment": aug_generator.get_state(), "torch": torch.get_rng_state(),
+                        "numpy": np.random.get_state(), "python": random.getstate()},
+                "epoch": epoch, "step": step, "global_step": epoch * steps_per_epoch + step,
+                "best": best, "meta": meta, "config": cfg}
+
+    images = torch.from_numpy(train_set.images).to(device)
+    labels = torch.from_numpy(train_set.labels).to(device)
+    local = 2 * batch
+    pair = torch.arange(local * world, device=device)
+    pair = pair - pair % local + (pair % local + batch) % local     # the other view, within each rank's block
+    anchors = torch.arange(local, device=device) + rank * local
+    steps_this_run, max_steps = 0, cfg["train"]["max_steps"]
+    last_save = time.monotonic()
+    started = time.monotonic()
+
+    for epoch in range(start_epoch, optim["epochs"]):
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        shard = order[rank::world][: steps_per_epoch * batch].to(device)
+        net.train()
+        sums, count, tick = {}, 0, time.monotonic()
+        bar = tqdm(range(start_step, steps_per_epoch), initial=start_step, total=steps_per_epoch,
+                   desc=f"epoch {epoch + 1}/{optim['epochs']}", disable=rank != 0, unit="step", leave=False)
+        for step in bar:
+            index = shard[step * batch:(step + 1) * batch]
+            x = torch.cat([augment(images[index], aug_generator), augment(images[index], aug_generator)])
+            y = labels[index].repeat(2)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits, u = net(x, with_embedding=True)
+            loss, parts = objective(gather(logits.float(), world, True), gather(u.float(), world, True),
+                                    gather(y, world, False), pair, anchors, loss_cfg)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            for name, value in {"loss": loss.detach(), **parts}.items():
+                sums[name] = sums.get(name, 0.0) + value
+            count += 1
+            steps_this_run += 1
+            if rank == 0 and (step + 1) % 10 == 0:
+                rate = count * batch * world / (time.monotonic() - tick)
+                bar.set_postfix(loss=f"{float(sums['loss']) / count:.3f}", img_s=f"{rate:.0f}")
+            interrupted = max_steps and steps_this_run >= max_steps
+            if rank == 0 and step + 1 < steps_per_epoch and (
+                    interrupted or time.monotonic() - last_save > 60 * cfg["train"]["checkpoint_minutes"]):
+                checkpoints.save(snapshot(epoch, step + 1))
+                last_save = time.monotonic()
+            if interrupted:
+                bar.close()
+                log.info("stopping after %d steps (train.max_steps)", steps_this_run)
+                return best
+        bar.close()
+        rate = count * batch * world / (time.monotonic() - tick) if count else 0.0
+        start_step = 0
+        metrics = evaluate_model(model, val_set, data_cfg["mean"], data_cfg["std"],
+                                 cfg["train"]["eval_batch_size"], device)
+        if rank == 0:
+            means = {name: float(total) / max(count, 1) for name, total in sums.items()}
+            row = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "lr": scheduler.get_last_lr()[0],
+                   "loss": means.get("loss"), "cls": means.get("cls"),
+                   "aux": means.get("wsc", means.get("simclr", means.get("supcon"))), "pcl": means.get("pcl"),
+                   "images_per_s": round(rate, 1), "val_accuracy": metrics["accuracy"],
+                   "val_mean_recall": metrics["mean_recall"], "elapsed_s": round(time.monotonic() - started, 1)}
+            csv_log.writerow(row)
+            csv_file.flush()
+            for key in ("loss", "cls", "aux", "pcl", "lr", "images_per_s", "val_accuracy", "val_mean_recall"):
+                if row[key] is not None:
+                    writer.add_scalar(key, row[key], row["step"])
+            log.info("epoch %d/%d  loss %.4f  val acc %.4f  mean recall %.4f  %.0f img/s", epoch + 1,
+                     optim["epochs"], row["loss"] or 0.0, metrics["accuracy"], metrics["mean_recall"], rate)
+            if metrics["accuracy"] > best["accuracy"]:
+                best = {"accuracy": metrics["accuracy"], "mean_recall": metrics["mean_recall"],
+                        "epoch": epoch + 1, "per_class_recall": metrics["per_class_recall"]}
+                atomic_save({"model": model.state_dict(), "meta": {**meta, "val": best}, "config": cfg},
+                            out_dir / "best.pt")
+            checkpoints.save(snapshot(epoch + 1, 0))
+            last_save = time.monotonic()
+    if rank == 0:
+        writer.close()
+        csv_file.close()
+        (out_dir / "best.json").write_text(json.dumps(best, indent=2))
+    if world > 1:
+        dist.destroy_process_group()
+    return best
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="wscfer-train", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML file (see config/train_*.yaml)")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of the run")
+    parser.add_argument("--init", help="state_dict to initialise the backbone from (reported key by key)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=0.05")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    cfg = load_config(args.config, args.overrides)
+    if args.init:
+        cfg["model"]["init"] = args.init
+    best = train(cfg, resume=args.resume)
+    print(json.dumps(best))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
