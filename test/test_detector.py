@@ -1,0 +1,121 @@
+"""Face detection on the shared photos (face counts from PROVENANCE.md there)."""
+import cv2
+import numpy as np
+import pytest
+
+from wscfer_ros.detector import Detection, FaceDetector, _merge
+from wscfer_ros.pipeline import PipelineConfig
+
+
+def load_rgb(media_dir, name):
+    return cv2.cvtColor(cv2.imread(str(media_dir / name)), cv2.COLOR_BGR2RGB)
+
+
+@pytest.fixture(scope="module")
+def default_detector():
+    detector = FaceDetector(PipelineConfig().detector)
+    yield detector
+    detector.close()
+
+
+def assert_inside_frame(faces, image):
+    height, width = image.shape[:2]
+    for face in faces:
+        x, y, w, h = face.box
+        assert 0 <= x and 0 <= y and w > 0 and h > 0 and x + w <= width and y + h <= height
+        assert 0.0 < face.score <= 1.0
+
+
+@pytest.mark.parametrize("name, count, min_width, max_width", [
+    ("obama-720p.jpg", 1, 150, 250),
+    ("two_people.jpg", 2, 140, 210),
+])
+def test_close_faces(default_detector, media_dir, name, count, min_width, max_width):
+    image = load_rgb(media_dir, name)
+    faces = default_detector.detect(image)
+    assert len(faces) == count
+    assert all(min_width <= face.box[2] <= max_width for face in faces)
+    assert_inside_frame(faces, image)
+
+
+def test_obama_and_biden(default_detector, media_dir):
+    """Two adult faces of about 200 px; the 55 px child may or may not be found."""
+    image = load_rgb(media_dir, "obama_and_biden.jpg")
+    faces = default_detector.detect(image)
+    big = [face for face in faces if 150 <= face.box[2] <= 280]
+    assert len(big) == 2
+    assert len(faces) <= 3
+    assert_inside_frame(faces, image)
+
+
+@pytest.mark.parametrize("name, min_width, max_width", [
+    ("group_2008_007676.jpg", 30, 75),
+    ("group_2008_004176.jpg", 20, 60),
+])
+def test_group_photos_find_at_least_six_of_seven(default_detector, media_dir, name, min_width, max_width):
+    image = load_rgb(media_dir, name)
+    faces = default_detector.detect(image)
+    assert 6 <= len(faces) <= 7
+    assert all(min_width <= face.box[2] <= max_width for face in faces)
+    assert_inside_frame(faces, image)
+
+
+def test_eyes_lie_in_the_box_person_right_eye_on_image_left(default_detector, media_dir):
+    for face in default_detector.detect(load_rgb(media_dir, "two_people.jpg")):
+        x, y, w, h = face.box
+        for eye_x, eye_y in (face.right_eye, face.left_eye):
+            assert x <= eye_x <= x + w and y <= eye_y <= y + h / 2
+        assert face.right_eye[0] < face.left_eye[0]
+
+
+def test_faces_come_best_score_first(default_detector, media_dir):
+    scores = [face.score for face in default_detector.detect(load_rgb(media_dir, "group_2008_004176.jpg"))]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_no_face_in_a_blank_frame(default_detector):
+    assert default_detector.detect(np.full((360, 640, 3), 128, np.uint8)) == []
+
+
+def test_max_faces_keeps_the_best(default_detector, media_dir):
+    image = load_rgb(media_dir, "group_2008_004176.jpg")
+    detector = FaceDetector(PipelineConfig().detector, max_faces=3)
+    try:
+        kept = detector.detect(image)
+    finally:
+        detector.close()
+    assert kept == default_detector.detect(image)[:3]
+
+
+def test_min_face_size_drops_small_faces(media_dir):
+    """The faces of this group photo are 28-45 px wide; the close face of obama-720p is about 190 px."""
+    detector = FaceDetector("auto", min_face_size=60)
+    try:
+        assert detector.detect(load_rgb(media_dir, "group_2008_004176.jpg")) == []
+        assert len(detector.detect(load_rgb(media_dir, "obama-720p.jpg"))) == 1
+    finally:
+        detector.close()
+
+
+@pytest.mark.parametrize("mode", ["short", "full"])
+def test_single_model_modes_find_a_close_face(media_dir, mode):
+    detector = FaceDetector(mode)
+    try:
+        assert len(detector.detect(load_rgb(media_dir, "obama-720p.jpg"))) == 1
+    finally:
+        detector.close()
+
+
+def test_merge_keeps_full_range_boxes_and_adds_only_new_faces():
+    full = [Detection((100, 100, 50, 50), 0.8, (110.0, 115.0), (140.0, 115.0))]
+    same_face = Detection((98, 102, 54, 54), 0.95, (110.0, 115.0), (140.0, 115.0))
+    other_face = Detection((400, 100, 120, 120), 0.9, (430.0, 140.0), (490.0, 140.0))
+    merged = _merge(full, [same_face, other_face])
+    assert merged == [full[0], other_face]
+
+
+@pytest.mark.parametrize("kwargs", [{"mode": "tiny"}, {"min_confidence": 1.5}, {"max_faces": 0},
+                                    {"min_face_size": -1}])
+def test_bad_settings_are_rejected(kwargs):
+    with pytest.raises(ValueError):
+        FaceDetector(**kwargs)

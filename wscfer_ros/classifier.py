@@ -1,0 +1,256 @@
+"""The expression model: an ONNX file run with ONNX Runtime.
+
+Everything needed to run the model comes from the file itself (the model-file
+contract): input float32 NCHW, output 0 the logits ``[N, C]``, and
+``metadata_props`` holding ``class_names``, ``input_size``, ``color``,
+``mean``, ``std`` and ``crop_scale``.  The contract is checked at load, so a
+wrong file fails at start with a message naming the file, never at the first
+face.
+"""
+import importlib.resources
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .crops import COLORS, convert_crops
+
+PROVIDER_CHOICES = ("auto", "cpu", "cuda")
+REQUIRED_METADATA = ("class_names", "input_size", "color", "mean", "std", "crop_scale")
+
+_CPU = "CPUExecutionProvider"
+_CUDA = "CUDAExecutionProvider"
+# ORT's default log level (warnings and worse), and the level that only lets
+# fatal messages through.
+_ORT_LOG_WARNING = 2
+_ORT_LOG_FATAL = 4
+
+
+class ModelError(ValueError):
+    """The model file is missing, corrupt or breaks the model-file contract."""
+
+
+def default_model_path() -> Path:
+    """The model shipped inside the package: ``wscfer_ros/models/default.onnx``."""
+    return Path(str(importlib.resources.files("wscfer_ros") / "models" / "default.onnx"))
+
+
+def resolve_model_path(model_path: str) -> Path:
+    """Where a ``model_path`` parameter points.
+
+    Empty means the shipped default; a bare file name that exists in the
+    package's ``models/`` folder means that file; anything else is a path.
+    """
+    if not model_path:
+        return default_model_path()
+    shipped = default_model_path().parent / model_path
+    if Path(model_path).name == model_path and shipped.is_file():
+        return shipped
+    return Path(model_path).expanduser()
+
+
+class Classifier:
+    """Runs the expression model on batches of face crops.
+
+    ``providers`` is ``"auto"`` (CUDA when a session really runs on it, else
+    CPU), ``"cpu"`` or ``"cuda"``; ``threads`` sets ONNX Runtime's intra-op
+    threads (0 keeps its default).  After construction, ``provider`` is the
+    execution provider in use, ``provider_note`` one sentence saying why, and
+    ``provider_warning`` is set only when CUDA was asked for explicitly and
+    is not in use.
+    """
+
+    def __init__(self, model_path: str = "", providers: str = "auto", threads: int = 0):
+        if providers not in PROVIDER_CHOICES:
+            raise ValueError(f"providers must be one of {', '.join(PROVIDER_CHOICES)}, got {providers!r}")
+        if threads < 0:
+            raise ValueError(f"threads must be >= 0, got {threads}")
+        self.model_path = resolve_model_path(model_path)
+        if not self.model_path.is_file():
+            raise ModelError(f"model file not found: {self.model_path}")
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self._session = self._open_session(options, providers)
+        self.provider = self._session.get_providers()[0]
+        self.provider_note, self.provider_warning = _describe_provider(providers, self.provider)
+
+        self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
+        self._read_metadata()
+        self._check_signature()
+        channels = self._input_channels
+        mean = np.asarray(self._mean, np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(self._std, np.float32).reshape(1, -1, 1, 1)
+        # (x / 255 - mean) / std folded into one multiply-add per pixel.
+        self._scale = np.broadcast_to(1.0 / (255.0 * std), (1, channels, 1, 1)).astype(np.float32)
+        self._offset = np.broadcast_to(-mean / std, (1, channels, 1, 1)).astype(np.float32)
+
+    def predict(self, crops: np.ndarray) -> np.ndarray:
+        """Class probabilities ``[N, C]`` (float32, rows sum to 1) for uint8 crops.
+
+        ``crops`` is ``[N, H, W]`` (gray) or ``[N, H, W, 3]`` (RGB) at
+        ``input_size``; either is converted to the model's colour.
+        """
+        crops = self._checked_crops(crops)
+        count = len(crops)
+        if count == 0:
+            return np.zeros((0, len(self.class_names)), np.float32)
+        crops = convert_crops(crops, self.color)
+        pixels = crops[:, None] if crops.ndim == 3 else crops.transpose(0, 3, 1, 2)
+        height, width = self.input_size
+        batch = np.empty((count, self._input_channels, height, width), np.float32)
+        np.multiply(pixels, self._scale, out=batch)
+        batch += self._offset
+        return _softmax(self._run(batch))
+
+    def warm_up(self) -> None:
+        """Run the model once, so the first real frame does not pay for ORT's lazy set-up."""
+        height, width = self.input_size
+        shape = (1, height, width) if self.color == "gray" else (1, height, width, 3)
+        self.predict(np.zeros(shape, np.uint8))
+
+    def _open_session(self, options: ort.SessionOptions, providers: str) -> ort.InferenceSession:
+        try_cuda = providers != "cpu" and _CUDA in ort.get_available_providers()
+        # When CUDA cannot start, ORT's global logger prints several lines of
+        # library errors; the provider note says the same in one sentence.
+        if try_cuda:
+            ort.set_default_logger_severity(_ORT_LOG_FATAL)
+        try:
+            return ort.InferenceSession(str(self.model_path), sess_options=options,
+                                        providers=[_CUDA, _CPU] if try_cuda else [_CPU])
+        except Exception as error:  # ORT raises several unrelated types for a bad file
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ModelError(f"{self.model_path}: not a valid ONNX model ({reason})") from error
+        finally:
+            if try_cuda:
+                ort.set_default_logger_severity(_ORT_LOG_WARNING)
+
+    def _read_metadata(self) -> None:
+        for key in REQUIRED_METADATA:
+            if key not in self.metadata:
+                raise ModelError(f"{self.model_path}: metadata key '{key}' is missing "
+                                 f"(required: {', '.join(REQUIRED_METADATA)})")
+        self.color = self.metadata["color"].strip()
+        if self.color not in COLORS:
+            raise self._bad("color", f"must be one of {', '.join(COLORS)}")
+
+        class_names = self._json("class_names")
+        if (not isinstance(class_names, list) or not class_names
+                or not all(isinstance(name, str) and name for name in class_names)
+                or len(set(class_names)) != len(class_names)):
+            raise self._bad("class_names", "must be a JSON list of distinct non-empty strings")
+        self.class_names = class_names
+
+        input_size = self._json("input_size")
+        if (not isinstance(input_size, list) or len(input_size) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in input_size)):
+            raise self._bad("input_size", "must be a JSON list [height, width] of positive integers")
+        self.input_size = (input_size[0], input_size[1])
+
+        self._mean = self._json_numbers("mean")
+        self._std = self._json_numbers("std")
+        if any(value <= 0 for value in self._std):
+            raise self._bad("std", "values must be positive")
+
+        crop_scale = self._json("crop_scale")
+        if not _is_number(crop_scale) or crop_scale <= 0:
+            raise self._bad("crop_scale", "must be a positive JSON number")
+        self.crop_scale = float(crop_scale)
+
+    def _check_signature(self) -> None:
+        model_input = self._session.get_inputs()[0]
+        if model_input.type != "tensor(float)" or len(model_input.shape) != 4:
+            raise ModelError(f"{self.model_path}: input '{model_input.name}' must be a float32 NCHW "
+                             f"tensor, got {model_input.type} with shape {model_input.shape}")
+        batch, channels, height, width = model_input.shape
+        allowed_channels = (1, 3) if self.color == "gray" else (3,)
+        if channels not in allowed_channels:
+            raise ModelError(f"{self.model_path}: input channel dimension is {channels!r}, a "
+                             f"'{self.color}' model needs {' or '.join(map(str, allowed_channels))}")
+        for name, dim, size in (("height", height, self.input_size[0]), ("width", width, self.input_size[1])):
+            if isinstance(dim, int) and dim != size:
+                raise ModelError(f"{self.model_path}: input {name} is {dim} but metadata "
+                                 f"input_size says {size}")
+        for key, values in (("mean", self._mean), ("std", self._std)):
+            if len(values) not in (1, channels):
+                raise self._bad(key, f"has {len(values)} values, the model has {channels} channels")
+
+        output = self._session.get_outputs()[0]
+        if len(output.shape) != 2:
+            raise ModelError(f"{self.model_path}: output '{output.name}' must be logits [N, C], "
+                             f"got shape {output.shape}")
+        if isinstance(output.shape[1], int) and output.shape[1] != len(self.class_names):
+            raise ModelError(f"{self.model_path}: output has {output.shape[1]} classes but "
+                             f"class_names lists {len(self.class_names)}")
+        self._input_name = model_input.name
+        self._input_channels = channels
+        # A model exported with a fixed batch is fed in chunks of that size.
+        self._fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        if self._fixed_batch is None:
+            logits = self._session.run(None, {self._input_name: batch})[0]
+        else:
+            chunks = []
+            for start in range(0, len(batch), self._fixed_batch):
+                chunk = batch[start:start + self._fixed_batch]
+                padded = np.zeros((self._fixed_batch,) + batch.shape[1:], np.float32)
+                padded[:len(chunk)] = chunk
+                chunks.append(self._session.run(None, {self._input_name: padded})[0][:len(chunk)])
+            logits = np.concatenate(chunks)
+        if logits.shape != (len(batch), len(self.class_names)):
+            raise ModelError(f"{self.model_path}: output shape {logits.shape} does not match "
+                             f"{len(batch)} crops x {len(self.class_names)} class_names")
+        return logits
+
+    def _json(self, key: str):
+        try:
+            return json.loads(self.metadata[key])
+        except json.JSONDecodeError as error:
+            raise self._bad(key, f"is not valid JSON ({error})") from error
+
+    def _json_numbers(self, key: str) -> list[float]:
+        values = self._json(key)
+        if not isinstance(values, list) or not values or not all(_is_number(v) for v in values):
+            raise self._bad(key, "must be a non-empty JSON list of numbers")
+        return [float(v) for v in values]
+
+    def _bad(self, key: str, problem: str) -> ModelError:
+        return ModelError(f"{self.model_path}: metadata '{key}' {problem}: {self.metadata[key]!r}")
+
+    def _checked_crops(self, crops: np.ndarray) -> np.ndarray:
+        crops = np.asarray(crops)
+        expected = (self.input_size[0], self.input_size[1])
+        if crops.dtype != np.uint8:
+            raise ValueError(f"crops must be uint8, got {crops.dtype}")
+        layout_ok = crops.ndim == 3 or (crops.ndim == 4 and crops.shape[3] == 3)
+        if not layout_ok or crops.shape[1:3] != expected:
+            raise ValueError(f"crops must be [N, {expected[0]}, {expected[1]}] or "
+                             f"[N, {expected[0]}, {expected[1]}, 3], got {list(crops.shape)}")
+        return crops
+
+
+def _describe_provider(requested: str, used: str) -> tuple[str, str | None]:
+    """The provider note and, when CUDA was asked for and not obtained, the warning."""
+    if used == _CUDA:
+        return f"using {_CUDA}", None
+    if requested == "cpu":
+        return f"using {_CPU} as requested", None
+    if _CUDA in ort.get_available_providers():
+        reason = "CUDAExecutionProvider failed to start (no usable GPU, or CUDA/cuDNN libraries missing)"
+    else:
+        reason = "this onnxruntime build has no CUDA support"
+    note = f"{reason}; using {used}"
+    return note, (f"CUDA was requested: {note}" if requested == "cuda" else None)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted, dtype=np.float32)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)

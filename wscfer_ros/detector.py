@@ -1,0 +1,196 @@
+"""Face detection with MediaPipe's bundled BlazeFace models.
+
+Two models ship inside the ``mediapipe`` package:
+
+* short range (128x128 input, faces within about 2 m), run through the Tasks
+  API (``mediapipe.tasks.python.vision.FaceDetector``);
+* full range (192x192 input, faces up to about 5 m), run through
+  ``mediapipe.solutions.face_detection``: the Tasks API's graph is built for
+  the short-range model's anchors and fails on the full-range file.
+
+Modes: ``"short"``, ``"full"`` and ``"auto"`` (the default).  ``"auto"`` runs
+the short-range model and, when it finds no face or scores any face below
+``SHORT_RANGE_TRUST``, runs the full-range model as well and keeps its faces
+(plus any trusted short-range face it missed).  Measured on the shared media
+(mediapipe 0.10.21, 2-core CPU, idle machine, min confidence 0.5; faces
+found, median ms per frame; ``auto`` = short plus full on fallback frames):
+
+====================================  ===========  ===========  ===========
+frame (size, faces by eye)            short        full         auto
+====================================  ===========  ===========  ===========
+obama-720p (1280x720, 1)              1,  4.6 ms   1,  8.7 ms   1,  4.6 ms
+two_people (1126x661, 2)              2,  3.5 ms   2,  8.9 ms   2,  3.5 ms
+obama_and_biden (2000x1428, 3)        0,  7.7 ms   2,  9.2 ms   2, 16.9 ms
+group_2008_007676 (500x334, 7)        2,  3.9 ms   6,  7.6 ms   6, 11.5 ms
+group_2008_004176 (480x438, 7)        1,  2.4 ms   7,  6.6 ms   7,  9.0 ms
+woman2.mp4 (596x336, 1; 155 frames)   155, 3.3 ms  155, 7.8 ms  155, 3.6 ms
+hamilton clip (640x360, 1-8; 92 fr.)  90,  3.3 ms  131, 8.1 ms  126, 7.6 ms
+====================================  ===========  ===========  ===========
+
+(Videos: every third frame; auto column: mean.)  A 640x480 close-up runs
+at 2.7 ms in ``auto`` (short only) against about 8 ms or more for ``full``.
+
+Why this works: faces smaller than the short-range model's range come back
+from it with oversized boxes and scores of 0.31-0.80, while faces inside its
+range score 0.84-0.95; the trust threshold sits between the two.  Running
+the full-range model on a downscaled frame saves nothing (7.9 against 8.1
+ms at half size: the network itself dominates).  The price of ``auto``: a
+frame where the short model is sure of every face it reports skips the full
+model, so distant faces beside a close one can be missed (5 of 131 faces on
+the hamilton clip); ``full`` never skips them, at about 8 ms per frame.
+
+Eye keypoints: the full-range model's follow a rolled head to within about
+4 degrees; the short-range model's barely do (a 25 degree roll reads as
+about 10), so roll alignment is only as good as the full-range keypoints.
+"""
+from dataclasses import dataclass
+from pathlib import Path
+
+import mediapipe as mp
+import numpy as np
+from mediapipe.tasks.python import BaseOptions
+from mediapipe.tasks.python import vision
+
+from .tracking import iou_matrix
+
+DETECTOR_MODES = ("auto", "short", "full")
+
+#: In ``"auto"`` mode, short-range detections at or above this score are
+#: trusted; any lower one (or none at all) sends the frame to the full-range model.
+SHORT_RANGE_TRUST = 0.82
+
+#: A short-range face overlapping a full-range face by more than this IoU is
+#: the same face; the full-range box is kept.
+DUPLICATE_IOU = 0.3
+
+_SHORT_RANGE_MODEL = (Path(mp.__file__).parent / "modules" / "face_detection"
+                      / "face_detection_short_range.tflite")
+_FULL_RANGE = 1  # model_selection value of mediapipe.solutions.face_detection
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One face found in a frame.
+
+    ``box`` is ``(x, y, w, h)`` in pixels, clipped to the frame.  The eyes are
+    ``(x, y)`` pixel positions; ``right_eye`` is the person's right eye, on
+    the image's left for a face looking at the camera.
+    """
+
+    box: tuple[int, int, int, int]
+    score: float
+    right_eye: tuple[float, float]
+    left_eye: tuple[float, float]
+
+
+class FaceDetector:
+    """Finds faces in RGB frames with the short-range and/or full-range BlazeFace model."""
+
+    def __init__(self, mode: str = "auto", min_confidence: float = 0.5, max_faces: int = 10,
+                 min_face_size: int = 16):
+        if mode not in DETECTOR_MODES:
+            raise ValueError(f"detector must be one of {', '.join(DETECTOR_MODES)}, got {mode!r}")
+        if not 0.0 <= min_confidence <= 1.0:
+            raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
+        if max_faces < 1:
+            raise ValueError(f"max_faces must be >= 1, got {max_faces}")
+        if min_face_size < 0:
+            raise ValueError(f"min_face_size must be >= 0, got {min_face_size}")
+        self.mode = mode
+        self.max_faces = max_faces
+        self.min_face_size = min_face_size
+        self._short_range = None
+        self._full_range = None
+        if mode in ("auto", "short"):
+            if not _SHORT_RANGE_MODEL.is_file():
+                raise FileNotFoundError(
+                    f"MediaPipe's short-range face model is missing: {_SHORT_RANGE_MODEL} "
+                    "(mediapipe==0.10.21 bundles it; later releases do not)")
+            options = vision.FaceDetectorOptions(
+                base_options=BaseOptions(model_asset_path=str(_SHORT_RANGE_MODEL)),
+                running_mode=vision.RunningMode.IMAGE,
+                min_detection_confidence=min_confidence)
+            self._short_range = vision.FaceDetector.create_from_options(options)
+        if mode in ("auto", "full"):
+            self._full_range = mp.solutions.face_detection.FaceDetection(
+                model_selection=_FULL_RANGE, min_detection_confidence=min_confidence)
+
+    def detect(self, image_rgb: np.ndarray) -> list[Detection]:
+        """Faces in a C-contiguous uint8 RGB frame (H x W x 3), best score first."""
+        if self.mode == "full":
+            faces = self._detect_full_range(image_rgb)
+        else:
+            faces = self._detect_short_range(image_rgb)
+            if self.mode == "auto" and (not faces or min(f.score for f in faces) < SHORT_RANGE_TRUST):
+                trusted = [f for f in faces if f.score >= SHORT_RANGE_TRUST]
+                faces = _merge(self._detect_full_range(image_rgb), trusted)
+        faces.sort(key=lambda face: face.score, reverse=True)
+        return faces[:self.max_faces]
+
+    def warm_up(self) -> None:
+        """Run every loaded model once, so the first real frame is not slow."""
+        blank = np.zeros((240, 320, 3), np.uint8)
+        if self._short_range is not None:
+            self._detect_short_range(blank)
+        if self._full_range is not None:
+            self._detect_full_range(blank)
+
+    def close(self) -> None:
+        """Release MediaPipe's graphs."""
+        if self._short_range is not None:
+            self._short_range.close()
+            self._short_range = None
+        if self._full_range is not None:
+            self._full_range.close()
+            self._full_range = None
+
+    def _detect_short_range(self, image_rgb: np.ndarray) -> list[Detection]:
+        height, width = image_rgb.shape[:2]
+        result = self._short_range.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=image_rgb))
+        faces = []
+        for found in result.detections:
+            box = found.bounding_box
+            eyes = found.keypoints[:2]
+            face = self._make_detection(
+                box.origin_x, box.origin_y, box.width, box.height, found.categories[0].score,
+                [(point.x * width, point.y * height) for point in eyes], width, height)
+            if face is not None:
+                faces.append(face)
+        return faces
+
+    def _detect_full_range(self, image_rgb: np.ndarray) -> list[Detection]:
+        height, width = image_rgb.shape[:2]
+        result = self._full_range.process(image_rgb)
+        faces = []
+        for found in result.detections or []:
+            location = found.location_data
+            box = location.relative_bounding_box
+            eyes = location.relative_keypoints[:2]
+            face = self._make_detection(
+                box.xmin * width, box.ymin * height, box.width * width, box.height * height,
+                found.score[0], [(point.x * width, point.y * height) for point in eyes],
+                width, height)
+            if face is not None:
+                faces.append(face)
+        return faces
+
+    def _make_detection(self, x: float, y: float, w: float, h: float, score: float,
+                        eyes: list[tuple[float, float]], frame_width: int,
+                        frame_height: int) -> Detection | None:
+        """A clipped detection, or None when the face is too small or outside the frame."""
+        if w < self.min_face_size:
+            return None
+        left, top = max(0, round(x)), max(0, round(y))
+        right, bottom = min(frame_width, round(x + w)), min(frame_height, round(y + h))
+        if right <= left or bottom <= top:
+            return None
+        return Detection((left, top, right - left, bottom - top), float(score), eyes[0], eyes[1])
+
+
+def _merge(full_range: list[Detection], short_range: list[Detection]) -> list[Detection]:
+    """Full-range faces plus the short-range faces none of them covers."""
+    if not full_range or not short_range:
+        return full_range + short_range
+    overlaps = iou_matrix([f.box for f in short_range], [f.box for f in full_range])
+    new_faces = [face for face, overlap in zip(short_range, overlaps.max(axis=1)) if overlap <= DUPLICATE_IOU]
+    return full_range + new_faces
