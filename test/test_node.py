@@ -1,0 +1,424 @@
+"""wscfer_node in its own process, driven over ROS with frames of a real video.
+
+The node runs the tiny model of conftest (the detector is the real MediaPipe
+one), so faces, boxes, stamps and ids are real; the labels are not meaningful.
+"""
+import array
+import json
+import re
+import signal
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from lifecycle_msgs.msg import State, Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import String
+
+from conftest import FER_CLASSES, write_tiny_model
+from ros_helpers import (REPLY_TIMEOUT_S, REPO_ROOT, STARTUP_TIMEOUT_S, NodeProcess, RosClient,
+                         domain_id, isolated_ros)
+from wscfer_ros.images import fill_image
+from wscfer_ros.node import NewestFrame
+
+PARAMS_FILE = REPO_ROOT / "config" / "wscfer.yaml"
+RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+BURST_FRAMES = 60
+TEST_PARAMETERS = ["-p", "qos:=reliable", "-p", "queue_depth:=100", "-p", "diagnostics_period:=0.2"]
+
+
+@pytest.fixture(scope="module")
+def frames(media_dir) -> list[np.ndarray]:
+    """Consecutive frames of one woman talking to the camera (one face in each)."""
+    capture = cv2.VideoCapture(str(media_dir / "woman2.mp4"))
+    decoded = [capture.read()[1] for _ in range(BURST_FRAMES)]
+    capture.release()
+    assert all(frame is not None for frame in decoded)
+    return decoded
+
+
+@pytest.fixture(scope="module")
+def ros_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("ros")
+    with isolated_ros(directory / "log", domain_id(module_offset=11)):
+        yield directory
+
+
+@pytest.fixture(scope="module")
+def model_file(ros_dir):
+    return write_tiny_model(ros_dir / "tiny.onnx")
+
+
+@pytest.fixture(scope="module")
+def client(ros_dir):
+    ros_client = RosClient("wscfer_test_client")
+    yield ros_client
+    ros_client.close()
+
+
+def start_node(ros_dir, name: str, *ros_args: str) -> NodeProcess:
+    return NodeProcess("node", list(ros_args), ros_dir / f"{name}.log")
+
+
+@pytest.fixture(scope="module")
+def raw_node(ros_dir, model_file):
+    """The node on raw images with the shipped parameters file, debug image on, autostarted."""
+    process = start_node(ros_dir, "raw_node", "--params-file", str(PARAMS_FILE),
+                         "-p", f"model_path:={model_file}",
+                         "-p", "publish_debug_image:=true", *TEST_PARAMETERS)
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def compressed_node(ros_dir, model_file):
+    """The node on compressed images, in its own namespace."""
+    process = start_node(ros_dir, "compressed_node", "-r", "__ns:=/compressed",
+                         "-p", f"model_path:={model_file}", "-p", "input:=compressed",
+                         *TEST_PARAMETERS)
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def lifecycle_node(ros_dir, model_file):
+    """The node waiting for a lifecycle manager (autostart false), in its own namespace."""
+    process = start_node(ros_dir, "lifecycle_node", "-r", "__ns:=/managed",
+                         "-p", f"model_path:={model_file}", "-p", "autostart:=false",
+                         *TEST_PARAMETERS)
+    yield process
+    process.stop()
+
+
+class NodeUnderTest:
+    """The test's side of one running node: its input publisher and what it published."""
+
+    def __init__(self, client: RosClient, process: NodeProcess, namespace: str = "",
+                 compressed: bool = False, debug_image: bool = False):
+        self.client, self.process = client, process
+        self.fqn = f"{namespace}/wscfer_node"
+        self.input = client.node.create_publisher(
+            CompressedImage if compressed else Image,
+            f"{namespace}/image/compressed" if compressed else f"{namespace}/image", RELIABLE)
+        expressions, self.expressions = client.collect(String, f"{namespace}/expressions",
+                                                       RELIABLE)
+        labels, self.labels = client.collect(String, f"{namespace}/expression", RELIABLE)
+        self._output_subscriptions = [expressions, labels]
+        self.debug_images = []
+        if debug_image:
+            debug_images, self.debug_images = client.collect(Image, f"{namespace}/debug_image",
+                                                             RELIABLE)
+            self._output_subscriptions.append(debug_images)
+        _, self.diagnostics = client.collect(DiagnosticArray, "/diagnostics")
+        self.sent = 0
+
+    def wait_until(self, condition, what: str, timeout: float = REPLY_TIMEOUT_S) -> None:
+        self.client.spin_until(condition, what, timeout, processes=(self.process,))
+
+    def wait_until_subscribed(self) -> None:
+        """Wait until the node takes our frames and we hear all it publishes."""
+        self.wait_until(lambda: self.input.get_subscription_count() > 0
+                        and all(s.get_publisher_count() > 0 for s in self._output_subscriptions),
+                        f"{self.fqn} connected to the test", STARTUP_TIMEOUT_S)
+
+    def answers(self) -> list[dict]:
+        return [json.loads(message.data) for message in self.expressions]
+
+    def answer_to(self, stamp: int) -> dict | None:
+        return next((answer for answer in self.answers() if answer["stamp"]["sec"] == stamp), None)
+
+    def send(self, msg, stamp: int) -> None:
+        msg.header.stamp.sec = stamp
+        msg.header.frame_id = "test_camera"
+        self.input.publish(msg)
+        self.sent += 1
+
+    def send_and_wait(self, msg, stamp: int) -> dict:
+        self.send(msg, stamp)
+        self.wait_until(lambda: self.answer_to(stamp) is not None,
+                        f"{self.fqn} answers the frame stamped {stamp}")
+        return self.answer_to(stamp)
+
+    def counts(self) -> dict[str, str]:
+        """The newest diagnostics values of this node (empty before the first report)."""
+        for message in reversed(self.diagnostics):
+            for status in message.status:
+                if status.hardware_id == self.fqn:
+                    return {value.key: value.value for value in status.values}
+        return {}
+
+    def frame_counts(self) -> dict[str, int]:
+        values = self.counts()
+        return {name: int(values.get(f"frames {name}", 0))
+                for name in ("received", "processed", "skipped", "rejected", "failed")}
+
+    def wait_until_accounted(self) -> dict[str, int]:
+        """Frame counts once each frame sent arrived and was processed, skipped or rejected."""
+        def settled():
+            counts = self.frame_counts()
+            done = counts["processed"] + counts["skipped"] + counts["rejected"] + counts["failed"]
+            return counts["received"] == self.sent and done == self.sent
+        self.wait_until(settled, f"{self.fqn} reports {self.sent} frames accounted for")
+        return self.frame_counts()
+
+    def status(self) -> tuple[bytes, str]:
+        for message in reversed(self.diagnostics):
+            for status in message.status:
+                if status.hardware_id == self.fqn:
+                    return status.level, status.message
+        return b"", ""
+
+
+def test_newest_frame_keeps_only_the_newest_message():
+    mailbox = NewestFrame()
+    mailbox.open()
+    for message in ("first", "second", "third"):
+        mailbox.put(message)
+    newest, _ = mailbox.take()
+    mailbox.put("fourth")
+    mailbox.close()
+
+    assert newest == "third"
+    assert mailbox.take() is None, "closing drops the pending message and ends the worker"
+    assert (mailbox.received, mailbox.skipped) == (4, 3)
+
+
+def image_message(frame: np.ndarray) -> Image:
+    msg = Image()
+    fill_image(msg, frame, "bgr8")
+    return msg
+
+
+def jpeg_message(frame: np.ndarray) -> CompressedImage:
+    ok, encoded = cv2.imencode(".jpg", frame)
+    assert ok
+    return CompressedImage(format="jpeg", data=array.array("B", encoded.tobytes()))
+
+
+@pytest.fixture(scope="module")
+def raw(client, raw_node) -> NodeUnderTest:
+    under_test = NodeUnderTest(client, raw_node, debug_image=True)
+    under_test.wait_until_subscribed()
+    return under_test
+
+
+def test_expressions_carry_the_input_stamps_and_stable_ids(raw, frames):
+    answers = []
+    for index, frame in enumerate(frames[:10]):
+        msg = image_message(frame)
+        msg.header.stamp.nanosec = 5000 + index
+        answers.append(raw.send_and_wait(msg, stamp=1000 + index))
+
+    height, width = frames[0].shape[:2]
+    for index, answer in enumerate(answers):
+        assert answer["schema"] == 1
+        assert answer["stamp"] == {"sec": 1000 + index, "nanosec": 5000 + index}
+        assert answer["frame_id"] == "test_camera"
+        assert (answer["width"], answer["height"]) == (width, height)
+        assert answer["latency_ms"] > 0
+        assert len(answer["faces"]) == 1, answer
+        face = answer["faces"][0]
+        assert face["label"] in FER_CLASSES
+        assert set(face["probabilities"]) == set(FER_CLASSES)
+        x, y, w, h = face["box"]
+        assert 0 <= x < x + w <= width and 0 <= y < y + h <= height
+    assert len({answer["faces"][0]["id"] for answer in answers}) == 1, "the face changed id"
+    raw.wait_until(lambda: len(raw.labels) >= len(answers), "a label per frame with a face")
+    assert [label.data for label in raw.labels] == [a["faces"][0]["label"] for a in answers]
+
+
+def test_debug_image_shows_the_boxes(raw, frames):
+    raw.send_and_wait(image_message(frames[20]), stamp=2000)
+    raw.wait_until(lambda: any(m.header.stamp.sec == 2000 for m in raw.debug_images),
+                   "the debug image of frame 2000")
+    debug = next(m for m in raw.debug_images if m.header.stamp.sec == 2000)
+    assert (debug.encoding, debug.height, debug.width) == ("bgr8", *frames[20].shape[:2])
+    drawn = np.frombuffer(debug.data, np.uint8).reshape(frames[20].shape)
+    changed = np.any(drawn != frames[20], axis=2)
+    x, y, w, h = raw.answer_to(2000)["faces"][0]["box"]
+    assert changed[y, x:x + w].all(), "the box's top edge is drawn"
+    assert not changed[y + h // 4:y + 3 * h // 4, x + w // 4:x + 3 * w // 4].any(), \
+        "the face inside the box is left as it was"
+
+
+def test_frames_sent_faster_than_processed_are_skipped_not_queued(raw, frames):
+    before = raw.wait_until_accounted()
+    answered_before = len(raw.expressions)
+    messages = [image_message(frame) for frame in frames]
+
+    for index, msg in enumerate(messages):
+        raw.send(msg, stamp=3000 + index)
+    after = raw.wait_until_accounted()
+
+    processed = after["processed"] - before["processed"]
+    skipped = after["skipped"] - before["skipped"]
+    assert after["rejected"] == before["rejected"] and after["failed"] == before["failed"]
+    assert skipped > 0 and processed + skipped == BURST_FRAMES
+    raw.wait_until(lambda: len(raw.expressions) == answered_before + processed,
+                   "one answer per processed frame")
+    burst_answers = raw.answers()[answered_before:]
+    stamps = [answer["stamp"]["sec"] for answer in burst_answers]
+    assert stamps == sorted(stamps), "frames are answered in order"
+    assert stamps[-1] == 3000 + BURST_FRAMES - 1, "the newest frame is always processed"
+
+
+def bad_images(frame):
+    unknown = image_message(frame)
+    unknown.encoding = "yuv422"
+    short = image_message(frame)
+    short.data = array.array("B", bytes(short.step * short.height - 1))
+    empty = Image(encoding="bgr8")
+    sixteen_bit = Image(height=2, width=2, encoding="mono16", step=4,
+                        data=array.array("B", bytes(8)))
+    return {"unknown encoding": unknown, "data shorter than step*height": short,
+            "0x0 image": empty, "16-bit image": sixteen_bit}
+
+
+def test_bad_images_are_rejected_and_the_next_good_frame_answered(raw, frames):
+    for index, (case, bad) in enumerate(bad_images(frames[0]).items()):
+        before = raw.wait_until_accounted()
+        raw.send(bad, stamp=4000 + 2 * index)
+        rejected = raw.wait_until_accounted()
+        answer = raw.send_and_wait(image_message(frames[index]), stamp=4001 + 2 * index)
+
+        assert rejected["rejected"] - before["rejected"] == 1, case
+        assert len(answer["faces"]) == 1, case
+        assert raw.answer_to(4000 + 2 * index) is None, f"{case} got an answer"
+    # Warnings are throttled: the first one gives the reason and the count.
+    assert "rejected a frame (1 rejected so far): unsupported image encoding 'yuv422'" \
+        in raw.process.output()
+
+
+def test_random_bytes_as_jpeg_are_rejected_then_a_jpeg_is_answered(client, compressed_node, frames):
+    node = NodeUnderTest(client, compressed_node, namespace="/compressed", compressed=True)
+    node.wait_until_subscribed()
+    garbage = CompressedImage(format="jpeg",
+                              data=array.array("B", np.random.default_rng(0).bytes(5000)))
+
+    node.send(garbage, stamp=5000)
+    counts = node.wait_until_accounted()
+    answer = node.send_and_wait(jpeg_message(frames[0]), stamp=5001)
+
+    assert counts["rejected"] == 1
+    assert node.answer_to(5000) is None
+    assert (answer["width"], answer["height"]) == (frames[0].shape[1], frames[0].shape[0])
+    assert len(answer["faces"]) == 1
+    assert "cannot decode 5000 bytes as jpeg" in compressed_node.output()
+
+
+def change_state(client: RosClient, process: NodeProcess, fqn: str, transition: int) -> bool:
+    service = client.node.create_client(ChangeState, f"{fqn}/change_state")
+    client.spin_until(service.service_is_ready, f"{fqn}/change_state is available",
+                      STARTUP_TIMEOUT_S, processes=(process,))
+    future = service.call_async(ChangeState.Request(transition=Transition(id=transition)))
+    client.spin_until(future.done, f"{fqn} answers transition {transition}",
+                      processes=(process,))
+    client.node.destroy_client(service)
+    return future.result().success
+
+
+def current_state(client: RosClient, process: NodeProcess, fqn: str) -> int:
+    service = client.node.create_client(GetState, f"{fqn}/get_state")
+    client.spin_until(service.service_is_ready, f"{fqn}/get_state is available",
+                      STARTUP_TIMEOUT_S, processes=(process,))
+    future = service.call_async(GetState.Request())
+    client.spin_until(future.done, f"{fqn} answers get_state", processes=(process,))
+    client.node.destroy_client(service)
+    return future.result().current_state.id
+
+
+def test_lifecycle_transitions(client, lifecycle_node, frames):
+    node = NodeUnderTest(client, lifecycle_node, namespace="/managed")
+    fqn = node.fqn
+
+    def transition(transition_id: int, expected_state: int) -> None:
+        assert change_state(client, lifecycle_node, fqn, transition_id)
+        assert current_state(client, lifecycle_node, fqn) == expected_state
+
+    assert current_state(client, lifecycle_node, fqn) == State.PRIMARY_STATE_UNCONFIGURED
+    assert node.input.get_subscription_count() == 0
+
+    transition(Transition.TRANSITION_CONFIGURE, State.PRIMARY_STATE_INACTIVE)
+    node.wait_until(lambda: node.status() == (DiagnosticStatus.OK, "inactive"),
+                    "diagnostics say inactive")
+    assert node.input.get_subscription_count() == 0
+
+    transition(Transition.TRANSITION_ACTIVATE, State.PRIMARY_STATE_ACTIVE)
+    node.wait_until_subscribed()
+    assert len(node.send_and_wait(image_message(frames[0]), stamp=6000)["faces"]) == 1
+
+    transition(Transition.TRANSITION_DEACTIVATE, State.PRIMARY_STATE_INACTIVE)
+    node.wait_until(lambda: node.input.get_subscription_count() == 0,
+                    "the inactive node drops its subscription")
+
+    transition(Transition.TRANSITION_ACTIVATE, State.PRIMARY_STATE_ACTIVE)
+    node.wait_until_subscribed()
+    assert len(node.send_and_wait(image_message(frames[1]), stamp=6001)["faces"]) == 1
+
+    transition(Transition.TRANSITION_DEACTIVATE, State.PRIMARY_STATE_INACTIVE)
+    transition(Transition.TRANSITION_CLEANUP, State.PRIMARY_STATE_UNCONFIGURED)
+    transition(Transition.TRANSITION_UNCONFIGURED_SHUTDOWN, State.PRIMARY_STATE_FINALIZED)
+
+
+def test_no_image_makes_diagnostics_warn(client, ros_dir, model_file):
+    process = start_node(ros_dir, "idle_node", "-r", "__ns:=/idle",
+                         "-p", f"model_path:={model_file}", "-p", "providers:=cpu",
+                         "-p", "no_image_warn_after:=0.5", *TEST_PARAMETERS)
+    node = NodeUnderTest(client, process, namespace="/idle")
+    try:
+        node.wait_until(lambda: node.status()[0] == DiagnosticStatus.WARN, "diagnostics turn WARN",
+                        STARTUP_TIMEOUT_S)
+        assert node.status()[1].startswith("no image received on /idle/image for ")
+        assert node.counts()["provider"] == "CPUExecutionProvider"
+        assert node.counts()["model"] == str(model_file)
+    finally:
+        assert process.stop(signal.SIGTERM) == 0
+    assert "Traceback" not in process.output()
+
+
+@pytest.mark.parametrize("case, parameter, expected", [
+    ("missing model", "model_path:={dir}/missing.onnx", "{dir}/missing.onnx"),
+    ("corrupt model", "model_path:={dir}/corrupt.onnx", "{dir}/corrupt.onnx"),
+    ("unknown input", "input:=video",
+     "parameter input must be one of raw, compressed, got 'video'"),
+    ("wrong type", "max_faces:=2.5",
+     "'max_faces' to '2.5' of type 'DOUBLE', expecting type 'INTEGER'"),
+])
+def test_bad_configuration_exits_1_with_one_clear_error(ros_dir, model_file, case, parameter,
+                                                       expected):
+    (ros_dir / "corrupt.onnx").write_bytes(b"not an onnx model")
+    process = start_node(ros_dir, case.replace(" ", "_"), "-p", f"model_path:={model_file}",
+                         "-p", parameter.format(dir=ros_dir))
+    assert process.wait() == 1
+    errors = [line for line in process.output().splitlines() if "[ERROR]" in line]
+    assert len(errors) == 1 and expected.format(dir=ros_dir) in errors[0], process.output()
+    assert "Traceback" not in process.output()
+
+
+def test_sigint_stops_the_node_cleanly(raw):
+    assert raw.process.stop(signal.SIGINT) == 0
+    assert "Traceback" not in raw.process.output()
+
+
+def test_run_command_prints_the_expressions_of_the_astronaut(ros_dir, model_file):
+    """`make run` (python -m wscfer_ros.demo): camera, node and one line per message."""
+    with open(ros_dir / "demo.log", "w") as log:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "wscfer_ros.demo", "--source", "astronaut",
+             "--model", str(model_file), "--duration", str(STARTUP_TIMEOUT_S)],
+            stdout=subprocess.PIPE, stderr=log, text=True)
+        # The demo ends by itself after --duration: reading stops there at the latest.
+        face_line = next((line for line in demo.stdout if " ms  face " in line), None)
+        demo.send_signal(signal.SIGINT)
+        exit_status = demo.wait(REPLY_TIMEOUT_S)
+
+    output = (ros_dir / "demo.log").read_text()
+    assert face_line is not None, output
+    assert re.fullmatch(r" *\d+\.\d ms  face \d+ [a-z]+ [01]\.\d\d box \[\d+, \d+, \d+, \d+\]\n",
+                        face_line), face_line
+    assert exit_status == 0 and "Traceback" not in output, output

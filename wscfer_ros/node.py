@@ -1,0 +1,403 @@
+"""``wscfer_node``: the facial expressions of the faces in camera images, on ROS 2 topics.
+
+A lifecycle node that only wires ROS to :class:`~wscfer_ros.pipeline.Pipeline`:
+parameters, QoS, subscription, publishers, lifecycle transitions and
+diagnostics.  All image work happens in the pipeline.
+
+Subscribes ``image`` (sensor_msgs/Image) or ``image/compressed``
+(sensor_msgs/CompressedImage); publishes ``expressions`` (std_msgs/String,
+one JSON object per processed frame), ``expression`` (std_msgs/String, label
+of the largest face), ``debug_image`` (sensor_msgs/Image, when enabled) and
+``/diagnostics``.  Topic names are relative, so they remap and follow the
+namespace.
+
+Only the newest frame is processed: the subscription callback just stores the
+message in a one-slot mailbox that a worker thread empties; a frame replaced
+there before the worker took it is counted as skipped, so no backlog can
+build while the pipeline is busy.
+"""
+import dataclasses
+import json
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from typing import Callable, NamedTuple
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.exceptions import InvalidParameterTypeException
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.lifecycle import Node, State, TransitionCallbackReturn
+from rclpy.logging import get_logger
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import String
+
+from wscfer_ros.images import as_bgr, compressed_to_array, fill_image, image_to_array
+from wscfer_ros.output import draw_faces, frame_message, largest_face
+from wscfer_ros.pipeline import Pipeline, PipelineConfig
+
+_PIPELINE_DEFAULTS = PipelineConfig()
+
+# Every parameter: name -> (default, description).  config/wscfer.yaml holds
+# the same names and defaults (a test keeps them equal).  They are read at
+# configure time; changes take effect at the next configure.
+PARAMETERS = {
+    "model_path": (_PIPELINE_DEFAULTS.model_path,
+                   "ONNX model file; empty: the shipped default model; a bare file name: "
+                   "a model shipped in wscfer_ros/models/"),
+    "providers": (_PIPELINE_DEFAULTS.providers,
+                  "ONNX Runtime execution provider: 'auto' (CUDA when it really works, "
+                  "else CPU), 'cpu' or 'cuda'"),
+    "threads": (_PIPELINE_DEFAULTS.threads,
+                "ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose"),
+    "detector": (_PIPELINE_DEFAULTS.detector,
+                 "MediaPipe face detector: 'short' (faces within about 2 m), 'full' (groups "
+                 "and distant faces) or 'auto'"),
+    "min_detection_confidence": (_PIPELINE_DEFAULTS.min_detection_confidence,
+                                 "minimum face detection score, 0..1"),
+    "max_faces": (_PIPELINE_DEFAULTS.max_faces,
+                  "at most this many faces per frame, the most confident first"),
+    "min_face_size": (_PIPELINE_DEFAULTS.min_face_size,
+                      "ignore faces narrower than this many pixels"),
+    "crop_scale": (_PIPELINE_DEFAULTS.crop_scale,
+                   "enlargement of the detected box before the square crop; 0 uses the "
+                   "model file's crop_scale (the crops it was trained on)"),
+    "align": (_PIPELINE_DEFAULTS.align,
+              "rotate each crop so the eyes are level before classifying"),
+    "smoothing": (_PIPELINE_DEFAULTS.smoothing,
+                  "weight of a face's past probabilities in its smoothed ones, 0..1; 0 turns "
+                  "smoothing off"),
+    "max_missed_frames": (_PIPELINE_DEFAULTS.max_missed_frames,
+                          "forget a face id after this many processed frames without it"),
+    "iou_threshold": (_PIPELINE_DEFAULTS.iou_threshold,
+                      "minimum box overlap (IoU) for a face to keep its id from the last frame"),
+    "input": ("raw", "'raw': subscribe sensor_msgs/Image on 'image'; 'compressed': "
+                     "sensor_msgs/CompressedImage (jpeg, png) on 'image/compressed'"),
+    "qos": ("sensor_data", "input QoS: 'sensor_data' (best effort, as camera drivers "
+                           "publish) or 'reliable'"),
+    "queue_depth": (5, "input QoS history depth; only the newest frame is processed anyway"),
+    "publish_debug_image": (False, "publish 'debug_image' with boxes, ids and labels drawn"),
+    "diagnostics_period": (1.0, "seconds between two /diagnostics messages"),
+    "no_image_warn_after": (5.0, "diagnostics turn WARN when no image arrived for this many "
+                                 "seconds while active"),
+    "autostart": (True, "configure and activate at start; false waits for a lifecycle manager"),
+}
+
+
+class Input(NamedTuple):
+    """One kind of input: what to subscribe to and how to turn a message into an array."""
+
+    message_type: type
+    topic: str
+    to_array: Callable
+
+
+INPUTS = {"raw": Input(Image, "image", image_to_array),
+          "compressed": Input(CompressedImage, "image/compressed", compressed_to_array)}
+RELIABILITY = {"sensor_data": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
+LATENCY_WINDOW = 200     # frames in the latency percentiles of the diagnostics
+WARNING_PERIOD_S = 5.0   # at most one warning per this period for repeated bad frames
+
+
+class NewestFrame:
+    """A one-message mailbox between the subscription callback and the worker thread.
+
+    ``put`` replaces a message the worker has not taken yet and counts it as
+    skipped, so the worker always gets the newest frame.
+    """
+
+    def __init__(self):
+        self._condition = threading.Condition()
+        self._pending = None
+        self._open = False
+        self.received = 0
+        self.skipped = 0
+        self.last_arrival: float | None = None   # time.monotonic() of the newest message
+
+    def open(self) -> None:
+        with self._condition:
+            self._open = True
+
+    def close(self) -> None:
+        """Drop the pending message and make ``take`` return None."""
+        with self._condition:
+            self._open = False
+            if self._pending is not None:
+                self.skipped += 1
+                self._pending = None
+            self._condition.notify_all()
+
+    def put(self, message) -> None:
+        with self._condition:
+            self.last_arrival = time.monotonic()
+            self.received += 1
+            if self._pending is not None:
+                self.skipped += 1
+            self._pending = (message, self.last_arrival)
+            self._condition.notify()
+
+    def take(self):
+        """Wait for the next message; (message, arrival time), or None once closed."""
+        with self._condition:
+            self._condition.wait_for(lambda: self._pending is not None or not self._open)
+            if not self._open:
+                return None
+            pending, self._pending = self._pending, None
+            return pending
+
+
+class ExpressionNode(Node):
+    """Lifecycle node publishing the expressions of the faces in the newest camera frame."""
+
+    def __init__(self, **kwargs):
+        super().__init__("wscfer_node", **kwargs)
+        self._frames = NewestFrame()
+        self._pipeline: Pipeline | None = None
+        self._input = INPUTS["raw"]
+        self._input_qos = QoSProfile(depth=1)
+        self._no_image_warn_after = 0.0
+        self._worker: threading.Thread | None = None
+        self._subscription = None
+        self._outputs = {}
+        self._diagnostics_publisher = None
+        self._diagnostics_timer = None
+        self._active = False
+        self._activated_at = 0.0
+        self._processed = 0
+        self._rejected = 0
+        self._failed = 0
+        self._latencies_ms = deque(maxlen=LATENCY_WINDOW)
+        self._last_report = (time.monotonic(), 0, 0)   # time, received, processed
+        # Declared last: a parameter of the wrong type raises here, and the
+        # node must already be complete for rclpy to destroy it.
+        for name, (default, description) in PARAMETERS.items():
+            self.declare_parameter(name, default, ParameterDescriptor(description=description))
+
+    def _parameter(self, name: str):
+        return self.get_parameter(name).value
+
+    # Lifecycle transitions
+
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
+        try:
+            self._read_node_parameters()
+            config = PipelineConfig(**{field.name: self._parameter(field.name)
+                                       for field in dataclasses.fields(PipelineConfig)})
+            self._pipeline = Pipeline(config)
+        except ValueError as error:   # a bad parameter, or a ModelError naming the model file
+            self.get_logger().error(f"configuration failed: {error}")
+            return TransitionCallbackReturn.FAILURE
+        except Exception:   # rclpy turns it into ERROR without a word: say what happened
+            self.get_logger().error(f"configuration failed:\n{traceback.format_exc()}")
+            return TransitionCallbackReturn.ERROR
+        classifier = self._pipeline.classifier
+        self.get_logger().info(
+            f"model {classifier.model_path}: {', '.join(classifier.class_names)}")
+        self.get_logger().info(classifier.provider_note)
+        if classifier.provider_warning:
+            self.get_logger().warning(classifier.provider_warning)
+
+        self._outputs = {
+            "expressions": self.create_lifecycle_publisher(String, "expressions", 10),
+            "expression": self.create_lifecycle_publisher(String, "expression", 10),
+        }
+        if self._parameter("publish_debug_image"):
+            self._outputs["debug_image"] = self.create_lifecycle_publisher(
+                Image, "debug_image", self._input_qos)
+        self._diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diagnostics_timer = self.create_timer(self._parameter("diagnostics_period"),
+                                                    self._publish_diagnostics)
+        return super().on_configure(state)
+
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
+        self._pipeline.reset()   # faces seen before a pause are not the faces seen now
+        self._frames.open()
+        self._worker = threading.Thread(target=self._process_frames, name="wscfer_worker")
+        self._worker.start()
+        self._subscription = self.create_subscription(
+            self._input.message_type, self._input.topic, self._frames.put, self._input_qos)
+        self._active = True
+        self._activated_at = time.monotonic()
+        self.get_logger().info(f"processing images from {self._subscription.topic_name}")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        self._stop_processing()
+        self.get_logger().info("stopped processing images")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        self._release()
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        self._release()
+        return super().on_shutdown(state)
+
+    def destroy_node(self) -> None:
+        self._release()
+        super().destroy_node()
+
+    def _read_node_parameters(self) -> None:
+        """Check and keep the parameters of the ROS side; ValueError names a bad one."""
+        for name, allowed in {"input": INPUTS, "qos": RELIABILITY}.items():
+            if self._parameter(name) not in allowed:
+                raise ValueError(f"parameter {name} must be one of {', '.join(allowed)}, "
+                                 f"got {self._parameter(name)!r}")
+        for name in ("queue_depth", "diagnostics_period", "no_image_warn_after"):
+            if self._parameter(name) <= 0:
+                raise ValueError(f"parameter {name} must be positive, got {self._parameter(name)}")
+        self._input = INPUTS[self._parameter("input")]
+        self._input_qos = QoSProfile(depth=self._parameter("queue_depth"),
+                                     reliability=RELIABILITY[self._parameter("qos")])
+        self._no_image_warn_after = self._parameter("no_image_warn_after")
+
+    def _stop_processing(self) -> None:
+        if self._subscription is not None:
+            self.destroy_subscription(self._subscription)
+            self._subscription = None
+        self._frames.close()
+        if self._worker is not None:
+            self._worker.join()
+            self._worker = None
+        self._active = False
+
+    def _release(self) -> None:
+        """Undo configure (and activate); safe to call in any state."""
+        self._stop_processing()
+        for publisher in self._outputs.values():
+            self.destroy_lifecycle_publisher(publisher)
+        self._outputs = {}
+        if self._diagnostics_timer is not None:
+            self.destroy_timer(self._diagnostics_timer)
+            self._diagnostics_timer = None
+        if self._diagnostics_publisher is not None:
+            self.destroy_publisher(self._diagnostics_publisher)
+            self._diagnostics_publisher = None
+        if self._pipeline is not None:
+            self._pipeline.close()
+            self._pipeline = None
+
+    # Frames (worker thread)
+
+    def _process_frames(self) -> None:
+        while (pending := self._frames.take()) is not None:
+            try:
+                self._process(*pending)
+            except Exception:   # a library failure on one frame must not stop the node
+                self._failed += 1
+                self.get_logger().error(
+                    f"processing a frame failed ({self._failed} failed so far):\n"
+                    f"{traceback.format_exc()}", throttle_duration_sec=WARNING_PERIOD_S)
+
+    def _process(self, message, arrival: float) -> None:
+        try:
+            image, color = self._input.to_array(message)
+            result = self._pipeline.process(image, color)
+        except ValueError as error:
+            self._rejected += 1
+            self.get_logger().warning(f"rejected a frame ({self._rejected} rejected so far): "
+                                      f"{error}", throttle_duration_sec=WARNING_PERIOD_S)
+            return
+        latency_ms = (time.monotonic() - arrival) * 1000.0
+        self._latencies_ms.append(latency_ms)
+        self._processed += 1
+
+        header = message.header
+        expressions = frame_message(result, stamp_sec=header.stamp.sec,
+                                    stamp_nanosec=header.stamp.nanosec,
+                                    frame_id=header.frame_id, width=image.shape[1],
+                                    height=image.shape[0], latency_ms=latency_ms)
+        self._outputs["expressions"].publish(String(data=json.dumps(expressions)))
+        face = largest_face(result)
+        if face is not None:
+            self._outputs["expression"].publish(String(data=face.label))
+        if "debug_image" in self._outputs:
+            debug_image = Image(header=header)
+            fill_image(debug_image, draw_faces(as_bgr(image, color), result), "bgr8")
+            self._outputs["debug_image"].publish(debug_image)
+
+    # Diagnostics (executor thread)
+
+    def _publish_diagnostics(self) -> None:
+        now = time.monotonic()
+        last_time, last_received, last_processed = self._last_report
+        elapsed = max(now - last_time, 1e-9)
+        received, processed = self._frames.received, self._processed
+        self._last_report = (now, received, processed)
+
+        latencies = list(self._latencies_ms)
+        p50, p95 = np.percentile(latencies, [50, 95]) if latencies else (np.nan, np.nan)
+        classifier = self._pipeline.classifier
+        status = DiagnosticStatus(name=f"{self.get_name()}: expression recognition",
+                                  hardware_id=self.get_fully_qualified_name())
+        status.level, status.message = self._health(now)
+        values = {
+            "input rate (Hz)": f"{(received - last_received) / elapsed:.1f}",
+            "processed rate (Hz)": f"{(processed - last_processed) / elapsed:.1f}",
+            "frames received": received,
+            "frames processed": processed,
+            "frames skipped": self._frames.skipped,
+            "frames rejected": self._rejected,
+            "frames failed": self._failed,
+            "latency p50 (ms)": f"{p50:.1f}",
+            "latency p95 (ms)": f"{p95:.1f}",
+            "provider": classifier.provider,
+            "model": str(classifier.model_path),
+        }
+        status.values = [KeyValue(key=key, value=str(value)) for key, value in values.items()]
+        diagnostics = DiagnosticArray(status=[status])
+        diagnostics.header.stamp = self.get_clock().now().to_msg()
+        self._diagnostics_publisher.publish(diagnostics)
+
+    def _health(self, now: float) -> tuple[bytes, str]:
+        if not self._active:
+            return DiagnosticStatus.OK, "inactive"
+        last_image = max(self._frames.last_arrival or 0.0, self._activated_at)
+        silent_s = now - last_image
+        if silent_s > self._no_image_warn_after:
+            return (DiagnosticStatus.WARN,
+                    f"no image received on {self._subscription.topic_name} for {silent_s:.0f} s")
+        return DiagnosticStatus.OK, "processing the newest frames"
+
+
+def main(args=None) -> int:
+    # Signals only set a flag, so the worker thread finishes its frame and
+    # stops before the ROS context goes away: no traceback on Ctrl-C.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        node = ExpressionNode()
+    except InvalidParameterTypeException as error:
+        get_logger("wscfer_node").error(str(error))
+        rclpy.shutdown()
+        return 1
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        if node.get_parameter("autostart").value:
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                return 1
+            if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+                node.get_logger().error("activation failed")
+                return 1
+        while not stop.is_set():
+            executor.spin_once(timeout_sec=0.1)
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
