@@ -396,7 +396,7 @@ def _read_class_folders(root: Path, size: int, color: str, class_map: dict[str, 
 
 # ----------------------------------------------------------------------------- decoding
 
-class _SkipImage(Exception):
+class SkipImage(Exception):
     """An image left out of the dataset; the message is the reason counted in ``dropped``."""
 
 
@@ -412,8 +412,8 @@ def _decode_files(name: str, class_names: list[str], paths: Sequence[Path], labe
         failures = []
         for index in range(start, stop):
             try:
-                images[index] = _decode(paths[index], size, color, None if boxes is None else boxes[index])
-            except _SkipImage as skip:
+                images[index] = decode_image(paths[index], size, color, None if boxes is None else boxes[index])
+            except SkipImage as skip:
                 failures.append((index, str(skip)))
         return failures
 
@@ -440,7 +440,7 @@ def _images_shape(count: int, size: int, color: str) -> tuple[int, ...]:
     return (count, size, size) if color == "gray" else (count, size, size, 3)
 
 
-def _decode(path: Path, size: int, color: str, box: tuple[int, int, int, int] | None) -> np.ndarray:
+def decode_image(path: Path, size: int, color: str, box: tuple[int, int, int, int] | None) -> np.ndarray:
     """One file -> ``size`` x ``size`` uint8 in ``color``, cropped to ``box`` (x, y, w, h) if given."""
     try:
         # np.fromfile + imdecode instead of imread: imread cannot open non-ASCII paths on Windows.
@@ -449,12 +449,12 @@ def _decode(path: Path, size: int, color: str, box: tuple[int, int, int, int] | 
     except (OSError, cv2.error):
         image = None
     if image is None:
-        raise _SkipImage("unreadable")
+        raise SkipImage("unreadable")
     if box is not None:
         x, y, width, height = box
         image = image[max(y, 0):max(y + height, 0), max(x, 0):max(x + width, 0)]
         if not image.size:
-            raise _SkipImage("face box outside image")
+            raise SkipImage("face box outside image")
     if color == "rgb":
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return _square_resize(image, size)

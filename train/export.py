@@ -57,7 +57,7 @@ import yaml
 from onnx import TensorProto, helper, numpy_helper
 
 from .augment import prepare_eval
-from .data import IMAGE_SUFFIXES, _decode, _SkipImage, data_root, load_dataset
+from .data import IMAGE_SUFFIXES, SkipImage, decode_image, data_root, load_dataset
 from .evaluate import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -246,8 +246,8 @@ def load_images(source: str, size: int, color: str, count: int, seed: int = 0) -
         images, unreadable = [], []
         for path in files:
             try:
-                images.append(_decode(path, size, color, None))
-            except _SkipImage:
+                images.append(decode_image(path, size, color, None))
+            except SkipImage:
                 unreadable.append(path)
         if unreadable:
             log.warning("%d unreadable calibration image(s) left out, e.g. %s", len(unreadable), unreadable[0])
