@@ -110,30 +110,15 @@ def calibration_inputs(model_path: Path, calibration: str) -> np.ndarray:
 
 
 def quantize_qdq(fp32_path: Path, output: Path, inputs: np.ndarray) -> None:
-    """ONNX Runtime's static QDQ quantisation, with the settings of ``wscfer-export --static-int8``."""
+    """ONNX Runtime's static QDQ quantisation, exactly as ``wscfer-export --static-int8`` does it."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from wscfer_train.export import quantize_static_int8
 
-    input_name = onnx.load(str(fp32_path)).graph.input[0].name
-
-    class Batches(CalibrationDataReader):
-        def __init__(self):
-            self._batches = iter(np.array_split(inputs, max(1, len(inputs) // 32)))
-
-        def get_next(self):
-            batch = next(self._batches, None)
-            return None if batch is None else {input_name: batch}
-
-    prepared = output.with_name("prepared.onnx")
-    quant_pre_process(str(fp32_path), str(prepared))
-    prepared_model = onnx.load(str(prepared))
-    first_layer = [node.name for node in prepared_model.graph.node if input_name in node.input]
-    quantize_static(str(prepared), str(output), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=first_layer)
+    with tempfile.TemporaryDirectory() as work:
+        quantized = quantize_static_int8(fp32_path, Path(work), inputs)
     # quantize_static drops the metadata the Classifier needs; copy it over.
-    quantized = onnx.load(str(output))
-    onnx.helper.set_model_props(quantized, {prop.key: prop.value for prop in prepared_model.metadata_props})
+    metadata = onnx.load(str(fp32_path), load_external_data=False).metadata_props
+    onnx.helper.set_model_props(quantized, {prop.key: prop.value for prop in metadata})
     onnx.save(quantized, str(output))
 
 

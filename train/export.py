@@ -142,7 +142,7 @@ def export(checkpoint: str | Path, output: str | Path, precision: str = "fp32", 
             raise ExportError(f"the ONNX graph disagrees with torch: max |logit diff| {fp32_diff:.3g} "
                               f"> {FP32_MAX_DIFF:.0e} on {parity_source}")
         if stored_as == "int8-static":
-            stored = _quantize_static(fp32_path, Path(work), inputs)
+            stored = quantize_static_int8(fp32_path, Path(work), inputs)
         else:
             stored = onnx.load(str(fp32_path))
             if precision == "fp16":
@@ -289,7 +289,7 @@ def _torch_to_onnx(model: torch.nn.Module, path: Path, input_shape: tuple[int, i
         raise ExportError(f"BatchNormalization nodes were not folded: {left}")
 
 
-def _quantize_static(fp32_path: Path, work: Path, inputs: np.ndarray) -> onnx.ModelProto:
+def quantize_static_int8(fp32_path: Path, work: Path, inputs: np.ndarray) -> onnx.ModelProto:
     """ONNX Runtime's static QDQ quantisation (per-channel int8 weights, int8 activations) calibrated on ``inputs``."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
