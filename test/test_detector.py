@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
-from wscfer_ros.detector import Detection, FaceDetector, _merge
+from wscfer_ros.detector import FULL_RANGE_HOLD_FRAMES, Detection, FaceDetector, _merge
 from wscfer_ros.pipeline import PipelineConfig
 
 
@@ -12,10 +12,17 @@ def load_rgb(media_dir, name):
 
 
 @pytest.fixture(scope="module")
-def default_detector():
+def shared_detector():
     detector = FaceDetector(PipelineConfig().detector)
     yield detector
     detector.close()
+
+
+@pytest.fixture
+def default_detector(shared_detector):
+    """The default detector, without memory of the frames other tests gave it."""
+    shared_detector.reset()
+    return shared_detector
 
 
 def assert_inside_frame(faces, image):
@@ -119,3 +126,31 @@ def test_merge_keeps_full_range_boxes_and_adds_only_new_faces():
 def test_bad_settings_are_rejected(kwargs):
     with pytest.raises(ValueError):
         FaceDetector(**kwargs)
+
+
+def test_auto_keeps_the_full_range_model_for_a_group_then_tries_short_range_again(media_dir, monkeypatch):
+    """A group scene pays for the full-range model only, not short + full on every frame."""
+    detector = FaceDetector("auto")
+    calls = []
+    for name in ("_detect_short_range", "_detect_full_range"):
+        method = getattr(detector, name)
+        monkeypatch.setattr(detector, name, lambda image, method=method, name=name: calls.append(name) or method(image))
+    group = load_rgb(media_dir, "group_2008_004176.jpg")
+    found = [len(detector.detect(group)) for _ in range(FULL_RANGE_HOLD_FRAMES + 2)]
+    detector.close()
+    assert min(found) >= 6
+    assert calls[:2] == ["_detect_short_range", "_detect_full_range"]          # the fallback
+    assert calls[2:2 + FULL_RANGE_HOLD_FRAMES] == ["_detect_full_range"] * FULL_RANGE_HOLD_FRAMES
+    assert calls[2 + FULL_RANGE_HOLD_FRAMES] == "_detect_short_range"           # then short range again
+
+
+def test_reset_forgets_the_full_range_hold(media_dir, monkeypatch):
+    detector = FaceDetector("auto")
+    detector.detect(load_rgb(media_dir, "group_2008_004176.jpg"))
+    detector.reset()
+    short_calls = []
+    method = detector._detect_short_range
+    monkeypatch.setattr(detector, "_detect_short_range", lambda image: short_calls.append(1) or method(image))
+    assert len(detector.detect(load_rgb(media_dir, "obama-720p.jpg"))) == 1
+    detector.close()
+    assert short_calls == [1]

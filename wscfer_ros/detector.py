@@ -39,6 +39,12 @@ frame where the short model is sure of every face it reports skips the full
 model, so distant faces beside a close one can be missed (5 of 131 faces on
 the hamilton clip); ``full`` never skips them, at about 8 ms per frame.
 
+A frame that falls back sends the next ``FULL_RANGE_HOLD_FRAMES`` frames
+straight to the full-range model: a group stays in view for a while, so a
+camera watching one pays for the full-range model alone, not for both
+(whole pipeline on the 7-face photos at 640x480: p50 11-12 ms instead of
+16-17 ms, ``benchmarks/bench_pipeline.py``).
+
 Eye keypoints: the full-range model's follow a rolled head to within about
 4 degrees; the short-range model's barely do (a 25 degree roll reads as
 about 10), so roll alignment is only as good as the full-range keypoints.
@@ -58,6 +64,11 @@ DETECTOR_MODES = ("auto", "short", "full")
 #: In ``"auto"`` mode, short-range detections at or above this score are
 #: trusted; any lower one (or none at all) sends the frame to the full-range model.
 SHORT_RANGE_TRUST = 0.82
+
+#: In ``"auto"`` mode, after a frame needed the full-range model, this many
+#: following frames go to it directly: a group or a distant face stays in view
+#: for a while, and trying the short-range model first would only add its time.
+FULL_RANGE_HOLD_FRAMES = 15
 
 #: A short-range face overlapping a full-range face by more than this IoU is
 #: the same face; the full-range box is kept.
@@ -101,6 +112,7 @@ class FaceDetector:
         self.min_face_size = min_face_size
         self._short_range = None
         self._full_range = None
+        self._full_range_hold = 0    # frames left that skip the short-range model ("auto")
         if mode in ("auto", "short"):
             if not _SHORT_RANGE_MODEL.is_file():
                 raise FileNotFoundError(
@@ -116,16 +128,26 @@ class FaceDetector:
                 model_selection=_FULL_RANGE, min_detection_confidence=min_confidence)
 
     def detect(self, image_rgb: np.ndarray) -> list[Detection]:
-        """Faces in a C-contiguous uint8 RGB frame (H x W x 3), best score first."""
-        if self.mode == "full":
+        """Faces in a C-contiguous uint8 RGB frame (H x W x 3), best score first.
+
+        In ``"auto"`` mode a frame that falls back to the full-range model
+        sends the next ``FULL_RANGE_HOLD_FRAMES`` frames straight to it.
+        """
+        if self.mode == "full" or self._full_range_hold > 0:
+            self._full_range_hold = max(0, self._full_range_hold - 1)
             faces = self._detect_full_range(image_rgb)
         else:
             faces = self._detect_short_range(image_rgb)
             if self.mode == "auto" and (not faces or min(f.score for f in faces) < SHORT_RANGE_TRUST):
                 trusted = [f for f in faces if f.score >= SHORT_RANGE_TRUST]
                 faces = _merge(self._detect_full_range(image_rgb), trusted)
+                self._full_range_hold = FULL_RANGE_HOLD_FRAMES
         faces.sort(key=lambda face: face.score, reverse=True)
         return faces[:self.max_faces]
+
+    def reset(self) -> None:
+        """Forget what earlier frames showed (the full-range hold), e.g. between unrelated images."""
+        self._full_range_hold = 0
 
     def warm_up(self) -> None:
         """Run every loaded model once, so the first real frame is not slow."""

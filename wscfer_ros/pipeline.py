@@ -115,8 +115,9 @@ class Pipeline:
         return FrameResult(faces, {stage: seconds * 1000.0 for stage, seconds in timings.items()})
 
     def reset(self) -> None:
-        """Forget the tracks, e.g. between unrelated images."""
+        """Forget the tracks and the detector's state, e.g. between unrelated images."""
         self._tracker.reset()
+        self._detector.reset()
 
     def close(self) -> None:
         """Release the detector's MediaPipe graphs."""
