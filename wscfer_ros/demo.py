@@ -118,6 +118,8 @@ def main(argv=None) -> int:
             executor.spin_once(timeout_sec=0.2)
     except KeyboardInterrupt:
         pass
+    except BrokenPipeError:   # the reader went away (e.g. `| head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
         for process in children.values():
             stop(process)
