@@ -12,7 +12,7 @@ import torch
 
 from wscfer_train.config import load_config
 from wscfer_train.losses import objective
-from wscfer_train.model import build_model
+from wscfer_train.model import build_model, load_init
 from wscfer_train.trainer import Checkpoints, atomic_save, train
 
 CLASSES = ["angry", "happy", "sad"]
@@ -192,3 +192,21 @@ def test_every_training_config_is_valid(path, tmp_path):
         with pytest.raises(FileNotFoundError, match="WSCFER_DATA"):
             load_dataset(cfg["data"][split], size=cfg["data"]["size"], color=cfg["data"]["color"],
                          data_root=tmp_path)
+
+
+def test_init_loads_matching_backbone_weights_and_reports_the_rest(tmp_path):
+    """--init: prefixes stripped, a 3-channel stem summed for a gray model, the rest reported."""
+    donor = build_model(TINY_MODEL, num_classes=1000, in_channels=3)
+    state = {f"module.{name}": tensor for name, tensor in donor.backbone.state_dict().items()}
+    del state["module.layer4.0.conv1.weight"]
+    state["module.fc.weight"] = torch.zeros(1000, 64)
+    path = tmp_path / "pretrained.pt"
+    torch.save(state, path)
+
+    model = build_model(TINY_MODEL, num_classes=7, in_channels=1)
+    report = load_init(model, str(path))
+    assert report["missing"] == ["layer4.0.conv1.weight"]
+    assert report["unexpected"] == ["module.fc.weight"]
+    assert report["mismatched"] == []
+    assert torch.equal(model.backbone.layer1[0].conv1.weight, donor.backbone.layer1[0].conv1.weight)
+    assert torch.allclose(model.backbone.conv1.weight, donor.backbone.conv1.weight.sum(1, keepdim=True))
