@@ -398,3 +398,32 @@ def test_fer2013_validation_split_on_shared_data(fer2013_dir):
         pixels = cv2.imread(str(first_file), cv2.IMREAD_GRAYSCALE)
         matches = (dataset.images == pixels).all(axis=(1, 2))
         assert {dataset.class_names[label] for label in dataset.labels[matches]} == {name}
+
+
+def write_pack(path, images, labels, class_names, split="train"):
+    """A packed dataset as scripts/pack_dataset.py writes it: JPEG bytes, offsets, labels, class names."""
+    chunks = [cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])[1] for image in images]
+    offsets = np.concatenate([[0], np.cumsum([len(chunk) for chunk in chunks])]).astype(np.int64)
+    np.savez(path, class_names=np.array(class_names), **{
+        f"{split}_bytes": np.concatenate(chunks), f"{split}_offsets": offsets,
+        f"{split}_labels": np.asarray(labels, np.int16)})
+
+
+def test_packed_reader_round_trips_images_and_labels(tmp_path):
+    rng = np.random.default_rng(0)
+    images = [np.full((48, 48), value, np.uint8) for value in (30, 120, 220)]
+    images[1][:, :24] = rng.integers(0, 255, (48, 24))
+    write_pack(tmp_path / "pack.npz", images, [2, 0, 1], ["angry", "fear", "happy"])
+    dataset = load_dataset({"format": "packed", "root": str(tmp_path)}, size=48, color="gray", data_root=tmp_path)
+    assert dataset.class_names == ["angry", "fear", "happy"]
+    assert dataset.labels.tolist() == [2, 0, 1]
+    assert abs(int(dataset.images[0].mean()) - 30) <= 2 and abs(int(dataset.images[2].mean()) - 220) <= 2
+    resized = load_dataset({"format": "packed", "root": str(tmp_path)}, size=24, color="rgb", data_root=tmp_path)
+    assert resized.images.shape == (3, 24, 24, 3)
+
+
+def test_packed_reader_names_a_missing_split(tmp_path):
+    write_pack(tmp_path / "pack.npz", [np.zeros((8, 8), np.uint8)], [0], ["angry"])
+    with pytest.raises(ValueError, match=r"no split 'val'.*\['train'\]"):
+        load_dataset({"format": "packed", "root": str(tmp_path), "split": "val"}, size=8, color="gray",
+                     data_root=tmp_path)

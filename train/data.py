@@ -335,9 +335,42 @@ def _read_affectnet(root: Path, size: int, color: str, *, split: str = "train", 
                          boxes if crop_faces else None)
 
 
+def _read_packed(root: Path, size: int, color: str, *, split: str = "train",
+                 file: str = "pack.npz") -> FaceDataset:
+    """A dataset packed by ``scripts/pack_dataset.py`` into one ``.npz`` file.
+
+    Each split holds its images as concatenated encoded bytes
+    (``<split>_bytes`` with ``<split>_offsets``), their labels and the class
+    names: small enough to travel with the code to a machine without the data.
+    """
+    path = root / file
+    if not path.is_file():
+        raise FileNotFoundError(f"packed dataset {path} not found")
+    with np.load(path, allow_pickle=False) as pack:
+        if f"{split}_labels" not in pack:
+            splits = sorted(key[:-len("_labels")] for key in pack.files if key.endswith("_labels"))
+            raise ValueError(f"{path} has no split {split!r}; it holds {splits}")
+        encoded, offsets = pack[f"{split}_bytes"], pack[f"{split}_offsets"]
+        labels = pack[f"{split}_labels"].astype(np.int64)
+        class_names = _canonical([str(name) for name in pack["class_names"]], str(path))
+    images = np.empty(_images_shape(len(labels), size, color), np.uint8)
+    unreadable = []
+    for index in tqdm(range(len(labels)), desc=f"decoding {path.name}:{split}", unit="img", file=sys.stderr,
+                      disable=len(labels) < _PROGRESS_MIN_FILES):
+        try:
+            images[index] = decode_bytes(encoded[offsets[index]:offsets[index + 1]], size, color)
+        except SkipImage:
+            unreadable.append(index)
+    if unreadable:
+        images, labels = _remove_rows(images, labels, unreadable)
+    return FaceDataset(images=images, labels=labels, class_names=class_names, name=f"packed:{split}",
+                       dropped={"unreadable": len(unreadable)} if unreadable else {})
+
+
 _READERS = {
     "fer2013_csv": _read_fer2013_csv,
     "fer2013_folder": _read_fer2013_folder,
+    "packed": _read_packed,
     "rafdb": _read_rafdb,
     "ferplus": _read_ferplus,
     "affectnet": _read_affectnet,
@@ -445,8 +478,17 @@ def decode_image(path: Path, size: int, color: str, box: tuple[int, int, int, in
     try:
         # np.fromfile + imdecode instead of imread: imread cannot open non-ASCII paths on Windows.
         encoded = np.fromfile(path, dtype=np.uint8)
+    except OSError:
+        raise SkipImage("unreadable") from None
+    return decode_bytes(encoded, size, color, box)
+
+
+def decode_bytes(encoded: np.ndarray, size: int, color: str,
+                 box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """An encoded image (JPEG, PNG, ...) -> ``size`` x ``size`` uint8 in ``color``, cropped to ``box`` if given."""
+    try:
         image = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE if color == "gray" else cv2.IMREAD_COLOR)
-    except (OSError, cv2.error):
+    except cv2.error:
         image = None
     if image is None:
         raise SkipImage("unreadable")
