@@ -88,6 +88,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_config, tmp_pa
     interrupted["run"]["out_dir"] = str(tmp_path / "run2")
     interrupted["train"]["max_steps"] = 3           # stop mid-epoch 1 (6 steps per epoch)
     train(interrupted)
+    assert not (tmp_path / "run2" / "best.json").exists(), "an interrupted run is not marked finished"
     interrupted["train"]["max_steps"] = 0
     train(interrupted, resume=True)
     final_resumed = torch.load(Checkpoints(tmp_path / "run2" / "checkpoints", 2).paths()[-1],

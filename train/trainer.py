@@ -260,7 +260,7 @@ def train(cfg: dict, resume: bool = False) -> dict:
     pair = torch.arange(local * world, device=device)
     pair = pair - pair % local + (pair % local + batch) % local     # the other view, within each rank's block
     anchors = torch.arange(local, device=device) + rank * local
-    steps_this_run, max_steps = 0, cfg["train"]["max_steps"]
+    steps_this_run, max_steps, interrupted = 0, cfg["train"]["max_steps"], False
     last_save = time.monotonic()
     started = time.monotonic()
 
@@ -291,16 +291,17 @@ def train(cfg: dict, resume: bool = False) -> dict:
             if rank == 0 and (step + 1) % 10 == 0:
                 rate = count * batch * world / (time.monotonic() - tick)
                 bar.set_postfix(loss=f"{float(sums['loss']) / count:.3f}", img_s=f"{rate:.0f}")
-            interrupted = max_steps and steps_this_run >= max_steps
+            interrupted = bool(max_steps) and steps_this_run >= max_steps
             if rank == 0 and step + 1 < steps_per_epoch and (
                     interrupted or time.monotonic() - last_save > 60 * cfg["train"]["checkpoint_minutes"]):
                 checkpoints.save(snapshot(epoch, step + 1))
                 last_save = time.monotonic()
             if interrupted:
-                bar.close()
                 log.info("stopping after %d steps (train.max_steps)", steps_this_run)
-                return best
+                break
         bar.close()
+        if interrupted:
+            break
         rate = count * batch * world / (time.monotonic() - tick) if count else 0.0
         start_step = 0
         metrics = evaluate_model(model, val_set, data_cfg["mean"], data_cfg["std"],
@@ -329,7 +330,8 @@ def train(cfg: dict, resume: bool = False) -> dict:
     if rank == 0:
         writer.close()
         csv_file.close()
-        (out_dir / "best.json").write_text(json.dumps(best, indent=2))
+        if not interrupted:   # best.json marks a finished run (scripts/ablation.py skips those)
+            (out_dir / "best.json").write_text(json.dumps(best, indent=2))
     if world > 1:
         dist.destroy_process_group()
     return best
