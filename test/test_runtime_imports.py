@@ -9,7 +9,7 @@ import wscfer_ros
 
 PACKAGE_DIR = Path(wscfer_ros.__file__).parent
 ROS_MODULES = ("rclpy", "sensor_msgs", "std_msgs", "diagnostic_msgs", "launch", "launch_ros")
-ROS_FRONTENDS = {"node.py", "camera.py", "demo.py"}
+ROS_FRONTENDS = {"node.py", "camera.py", "demo.py", "ros_process.py"}
 
 RUN_ONE_FRAME = """
 import json, sys

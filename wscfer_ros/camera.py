@@ -6,25 +6,19 @@ webcam index (``0``), a video file, an image file, a folder of images, or
 
     ros2 run wscfer_ros wscfer_camera --ros-args -p source:=video.mp4 -p rate:=30.0
 """
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Iterator
 
 import cv2
 import numpy as np
-import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.exceptions import InvalidParameterTypeException
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 
 from wscfer_ros.images import fill_image
+from wscfer_ros.ros_process import run_node
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 RELIABILITY = {"sensor_data": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
@@ -183,35 +177,20 @@ class CameraPublisher(Node):
         self._publisher.publish(msg)
         self.published += 1
 
+    def destroy_node(self) -> None:
+        self.get_logger().info(f"published {self.published} frames")
+        super().destroy_node()
+
+
+def _start(node: CameraPublisher) -> bool:
+    node.start()
+    return True
+
 
 def main(args=None) -> int:
-    # Signals only set a flag: the node finishes its current callback and logs
-    # its count before the ROS context goes away.
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    try:
-        node = CameraPublisher()
-    except InvalidParameterTypeException as error:
-        get_logger("wscfer_camera").error(str(error))
-        rclpy.shutdown()
-        return 1
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        node.start()
-        while not (stop.is_set() or node.finished):
-            executor.spin_once(timeout_sec=0.1)
-    except ValueError as error:   # a bad parameter or source (SourceError)
-        node.get_logger().error(str(error))
-        return 1
-    finally:
-        node.get_logger().info(f"published {node.published} frames")
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.shutdown()
-    return 0
+    # A bad parameter or source (SourceError) ends the process with its reason.
+    return run_node("wscfer_camera", CameraPublisher, _start, args=args,
+                    done=lambda node: node.finished, fatal_errors=(ValueError,))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ build while the pipeline is busy.
 """
 import dataclasses
 import json
-import signal
 import sys
 import threading
 import time
@@ -27,21 +26,17 @@ from collections import deque
 from typing import Callable, NamedTuple
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.exceptions import InvalidParameterTypeException
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import Node, State, TransitionCallbackReturn
-from rclpy.logging import get_logger
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
 from wscfer_ros.images import as_bgr, compressed_to_array, fill_image, image_to_array
 from wscfer_ros.output import draw_faces, frame_message, largest_face
 from wscfer_ros.pipeline import Pipeline, PipelineConfig
+from wscfer_ros.ros_process import run_node
 
 _PIPELINE_DEFAULTS = PipelineConfig()
 
@@ -368,35 +363,20 @@ class ExpressionNode(Node):
         return DiagnosticStatus.OK, "processing the newest frames"
 
 
+def _start(node: ExpressionNode) -> bool:
+    """Configure and activate now when ``autostart`` is set; else wait for a lifecycle manager."""
+    if not node.get_parameter("autostart").value:
+        return True
+    if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+        return False
+    if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+        node.get_logger().error("activation failed")
+        return False
+    return True
+
+
 def main(args=None) -> int:
-    # Signals only set a flag, so the worker thread finishes its frame and
-    # stops before the ROS context goes away: no traceback on Ctrl-C.
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    try:
-        node = ExpressionNode()
-    except InvalidParameterTypeException as error:
-        get_logger("wscfer_node").error(str(error))
-        rclpy.shutdown()
-        return 1
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        if node.get_parameter("autostart").value:
-            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                return 1
-            if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
-                node.get_logger().error("activation failed")
-                return 1
-        while not stop.is_set():
-            executor.spin_once(timeout_sec=0.1)
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.shutdown()
-    return 0
+    return run_node("wscfer_node", ExpressionNode, _start, args=args)
 
 
 if __name__ == "__main__":
