@@ -6,6 +6,7 @@ as well as the label against the dataset's own id or name.
 """
 import csv
 import logging
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -56,21 +57,25 @@ def pixel_text(class_name: str) -> str:
     return " ".join([str(BRIGHTNESS[class_name])] * 48 * 48)
 
 
-def test_fer2013_csv_maps_ids_and_usage_and_counts_bad_rows(tmp_path):
+def test_fer2013_csv_maps_ids_and_usage_and_counts_bad_rows(tmp_path, caplog):
     rows = [[emotion, pixel_text(name), "Training"] for emotion, name in enumerate(FER2013_CLASSES)]
     rows += [[3, pixel_text("happy"), "PublicTest"],
              [4, pixel_text("sad"), "PrivateTest"],
-             [0, "1 2 3", "Training"],                            # too few pixels
+             [0, "1 2 3", "Training"],                            # too few pixels (line 11)
+             [0, pixel_text("angry") + " 20", "Training"],         # one too many
+             [0, "", "Training"],                                 # none
              [0, pixel_text("angry").replace("20", "x", 1), "Training"],  # not a number
              [0, pixel_text("angry").replace("20", "300", 1), "Training"]]  # out of range
     write_csv(tmp_path / "fer" / "fer2013.csv", ["emotion", "pixels", "Usage"], rows)
 
-    train = load(tmp_path, format="fer2013_csv", root="fer")
+    with caplog.at_level(logging.WARNING, logger="wscfer_train.data"):
+        train = load(tmp_path, format="fer2013_csv", root="fer")
     assert train.class_names == list(FER2013_CLASSES)
     assert label_names(train) == list(FER2013_CLASSES)
     assert train.images.shape == (7, 24, 24) and train.images.dtype == np.uint8
     assert train.labels.dtype == np.int64
-    assert train.dropped == {"unreadable": 3}
+    assert train.dropped == {"bad pixel values": 5}
+    assert "5 image(s) left out" in caplog.text and "fer2013.csv:11 (bad pixel values)" in caplog.text
     assert_images_show_their_labels(train)
 
     public = load(tmp_path, size=64, color="rgb", format="fer2013_csv", root="fer", usage="PublicTest")
@@ -80,8 +85,9 @@ def test_fer2013_csv_maps_ids_and_usage_and_counts_bad_rows(tmp_path):
 
 def test_fer2013_csv_rejects_unknown_ids_and_usages(tmp_path):
     write_csv(tmp_path / "fer" / "fer2013.csv", ["emotion", "pixels", "Usage"],
-              [[7, pixel_text("angry"), "Training"], [9, pixel_text("angry"), "Training"]])
-    with pytest.raises(ValueError, match=r"unknown class ids \[7, 9\]"):
+              [[7, pixel_text("angry"), "Training"], [9, pixel_text("angry"), "Training"],
+               [-1, pixel_text("angry"), "Training"]])
+    with pytest.raises(ValueError, match=r"unknown class ids \[-1, 7, 9\]"):
         load(tmp_path, format="fer2013_csv", root="fer")
     with pytest.raises(ValueError, match="Validation"):
         load(tmp_path, format="fer2013_csv", root="fer", usage="Validation")
@@ -107,12 +113,12 @@ def test_fer2013_folder_maps_folder_names_not_alphabetical_order(tmp_path, caplo
     assert Counter(label_names(dataset)) == expected
     # Sorted folder order would make neutral 4; FER2013's id is 6.
     assert set(dataset.labels[np.array(label_names(dataset)) == "neutral"]) == {6}
-    assert dataset.dropped == {"unreadable": 2, "not an image file": 1}
+    assert dataset.dropped == {"undecodable": 1, "empty": 1, "not an image file": 1}
     assert str(corrupt) in caplog.text
     assert dataset.name == "fer2013-folder:train"
     assert_images_show_their_labels(dataset)
     summary = dataset.summary()
-    assert "fear 3" in summary and "neutral 1" in summary and "unreadable 2" in summary
+    assert "fear 3" in summary and "neutral 1" in summary and "undecodable 1" in summary
 
 
 def test_fer2013_folder_rejects_an_unknown_class_folder(tmp_path):
@@ -189,13 +195,14 @@ def test_rafdb_maps_its_one_based_ids_by_name(tmp_path):
 
     test = load(tmp_path, format="rafdb", root="raf", split="test")
     assert label_names(test) == ["happy"]
-    assert test.dropped == {"unreadable": 1}
+    assert test.dropped == {"missing file": 1}
 
 
 def test_rafdb_rejects_unknown_ids(tmp_path):
     (tmp_path / "raf" / "EmoLabel").mkdir(parents=True)
-    (tmp_path / "raf" / "EmoLabel" / "list_patition_label.txt").write_text("train_00001.jpg 8\n")
-    with pytest.raises(ValueError, match=r"unknown class ids \[8\]"):
+    (tmp_path / "raf" / "EmoLabel" / "list_patition_label.txt").write_text("train_00001.jpg 8\n"
+                                                                          "train_00002.jpg 0\n")
+    with pytest.raises(ValueError, match=r"unknown class ids \[0, 8\]"):
         load(tmp_path, format="rafdb", root="raf")
 
 
@@ -250,9 +257,13 @@ def test_ferplus_majority_vote_and_dropped_rows(tmp_path, ferplus_root):
     assert label_names(public) == ["angry"] and public.dropped == {}
 
 
-def test_ferplus_reports_missing_columns(tmp_path):
+def test_ferplus_reports_missing_columns_and_votes_that_are_not_counts(tmp_path):
     write_csv(tmp_path / "ferplus" / "fer2013new.csv", FERPLUS_HEADER[:-1], [])
     with pytest.raises(ValueError, match=r"missing columns \['NF'\]"):
+        load(tmp_path, format="ferplus", root="ferplus")
+    write_csv(tmp_path / "ferplus" / "fer2013new.csv", FERPLUS_HEADER,
+              [["Training", "a.png", *votes(happiness=9)], ["Training", "b.png", "x", *votes()[1:]]])
+    with pytest.raises(ValueError, match=r"fer2013new.csv:3: expected an integer, got 'x'"):
         load(tmp_path, format="ferplus", root="ferplus")
 
 
@@ -312,8 +323,8 @@ def test_affectnet_maps_ids_crops_faces_and_drops_8_to_10(tmp_path, affectnet_ro
 
 def test_affectnet_rejects_ids_beyond_10(tmp_path):
     write_csv(tmp_path / "affectnet" / "training.csv", AFFECTNET_HEADER,
-              [["1/a.png", 0, 0, 10, 10, "", 11, 0, 0]])
-    with pytest.raises(ValueError, match=r"unknown class ids \[11\]"):
+              [["1/a.png", 0, 0, 10, 10, "", 11, 0, 0], ["1/b.png", 0, 0, 10, 10, "", -1, 0, 0]])
+    with pytest.raises(ValueError, match=r"unknown class ids \[-1, 11\]"):
         load(tmp_path, format="affectnet", root="affectnet")
 
 
@@ -427,3 +438,110 @@ def test_packed_reader_names_a_missing_split(tmp_path):
     with pytest.raises(ValueError, match=r"no split 'val'.*\['train'\]"):
         load_dataset({"format": "packed", "root": str(tmp_path), "split": "val"}, size=8, color="gray",
                      data_root=tmp_path)
+
+
+# ----------------------------------------------------------------------------- broken images
+# Every reader decodes at load time and leaves a broken image out with a counted
+# reason and one warning, so training never meets one mid-epoch.
+
+def truncated_jpeg() -> bytes:
+    """The first half of a JPEG of noise: the cut falls in the compressed pixels, past the headers."""
+    image = np.random.default_rng(0).integers(0, 256, (48, 48), dtype=np.uint8)
+    encoded = cv2.imencode(".jpg", image)[1].tobytes()
+    return encoded[:len(encoded) // 2]
+
+
+BROKEN_BYTES = {"empty": b"", "random": np.random.default_rng(1).bytes(600), "truncated": truncated_jpeg()}
+EXPECTED_REASONS = {"empty": "empty", "random": "undecodable", "truncated": "undecodable",
+                    "folder": "cannot open", "missing": "missing file"}
+
+
+def write_broken_images(folder: Path, prefix: str = "") -> list[str]:
+    """One broken image of each kind in ``folder`` (and one listed but absent); their file names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for kind, content in BROKEN_BYTES.items():
+        (folder / f"{prefix}{kind}.jpg").write_bytes(content)
+    (folder / f"{prefix}folder.jpg").mkdir()   # named like an image, cannot be read as one
+    return [f"{prefix}{kind}.jpg" for kind in EXPECTED_REASONS]
+
+
+def class_folder_spec(root: Path, reader: str) -> dict:
+    write_face(root / "faces" / "happy" / "good.png", "happy")
+    write_broken_images(root / "faces" / "happy")
+    spec = {"format": reader, "root": "faces"}
+    return {**spec, "class_map": {"happy": "happy"}} if reader == "folder" else spec
+
+
+def rafdb_spec(root: Path, reader: str) -> dict:
+    images = root / "raf" / "Image" / "aligned"
+    write_face(images / "train_good.jpg", "happy")
+    names = ["train_good.jpg"] + write_broken_images(images, prefix="train_")
+    (root / "raf" / "EmoLabel").mkdir(parents=True)
+    (root / "raf" / "EmoLabel" / "list_patition_label.txt").write_text("".join(f"{name} 4\n" for name in names))
+    return {"format": "rafdb", "root": "raf"}
+
+
+def ferplus_spec(root: Path, reader: str) -> dict:
+    write_face(root / "ferplus" / "FER2013Train" / "good.png", "happy")
+    names = ["good.png"] + write_broken_images(root / "ferplus" / "FER2013Train")
+    write_csv(root / "ferplus" / "fer2013new.csv", FERPLUS_HEADER,
+              [["Training", name, *votes(happiness=10)] for name in names])
+    return {"format": "ferplus", "root": "ferplus"}
+
+
+def affectnet_spec(root: Path, reader: str) -> dict:
+    write_face(root / "affectnet" / "Manually_Annotated_Images" / "1" / "good.png", "happy")
+    names = ["good.png"] + write_broken_images(root / "affectnet" / "Manually_Annotated_Images" / "1")
+    write_csv(root / "affectnet" / "training.csv", AFFECTNET_HEADER,
+              [[f"1/{name}", 0, 0, 24, 24, "", 1, 0, 0] for name in names])
+    return {"format": "affectnet", "root": "affectnet"}
+
+
+FILE_READERS = {"fer2013_folder": class_folder_spec, "folder": class_folder_spec, "rafdb": rafdb_spec,
+                "ferplus": ferplus_spec, "affectnet": affectnet_spec}
+
+
+@pytest.mark.parametrize("reader", FILE_READERS)
+def test_broken_image_files_are_left_out_counted_and_named(reader, tmp_path, caplog):
+    spec = FILE_READERS[reader](tmp_path, reader)
+    listed_only = reader != "fer2013_folder" and reader != "folder"   # a folder reader cannot list a missing file
+    expected = Counter(reason for kind, reason in EXPECTED_REASONS.items() if listed_only or kind != "missing")
+
+    with caplog.at_level(logging.WARNING, logger="wscfer_train.data"):
+        dataset = load(tmp_path, **spec)
+    assert label_names(dataset) == ["happy"]
+    assert_images_show_their_labels(dataset)
+    assert dataset.dropped == expected
+    assert f"{sum(expected.values())} image(s) left out" in caplog.text
+    assert "empty.jpg (empty)" in caplog.text and "folder.jpg (cannot open)" in caplog.text
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its permissions; the folder named "
+                    "like an image covers 'cannot open' there")
+def test_an_image_without_read_permission_is_left_out_as_cannot_open(tmp_path):
+    write_face(tmp_path / "faces" / "happy" / "good.png", "happy")
+    locked = write_face(tmp_path / "faces" / "happy" / "locked.png", "happy")
+    locked.chmod(0)
+    try:
+        dataset = load(tmp_path, format="fer2013_folder", root="faces")
+    finally:
+        locked.chmod(0o644)
+    assert len(dataset) == 1 and dataset.dropped == {"cannot open": 1}
+
+
+def test_packed_reader_leaves_out_broken_images_and_refuses_unknown_labels(tmp_path, caplog):
+    good = cv2.imencode(".jpg", np.full((24, 24), BRIGHTNESS["happy"], np.uint8))[1]
+    chunks = [good] + [np.frombuffer(content, np.uint8) for content in BROKEN_BYTES.values()]
+    offsets = np.concatenate([[0], np.cumsum([len(chunk) for chunk in chunks])]).astype(np.int64)
+    pack = {"class_names": np.array(["angry", "happy"]), "train_bytes": np.concatenate(chunks),
+            "train_offsets": offsets, "train_labels": np.ones(len(chunks), np.int16)}
+    np.savez(tmp_path / "pack.npz", **pack)
+    with caplog.at_level(logging.WARNING, logger="wscfer_train.data"):
+        dataset = load(tmp_path, format="packed", root=str(tmp_path))
+    assert label_names(dataset) == ["happy"]
+    assert dataset.dropped == {"empty": 1, "undecodable": 2}
+    assert "3 image(s) left out" in caplog.text and "train image 1 (empty)" in caplog.text
+
+    np.savez(tmp_path / "pack.npz", **{**pack, "train_labels": np.array([1, 2, -1, 1], np.int16)})
+    with pytest.raises(ValueError, match=r"pack.npz: unknown class ids \[-1, 2\]; known ids: 0-1"):
+        load(tmp_path, format="packed", root=str(tmp_path))

@@ -195,13 +195,12 @@ def _read_fer2013_csv(root: Path, size: int, color: str, *, usage: str = "Traini
             images.append(_square_resize(image, size))
             labels.append(emotion)
     _raise_unknown_ids(unknown_ids, path, "0-6")
+    name, dropped = f"fer2013-csv:{usage}", Counter()
     if bad_lines:
-        log.warning("%s: %d rows without 48x48 pixel values in 0-255 left out, lines %s",
-                    path, len(bad_lines), bad_lines[:_LOGGED_FAILURES])
+        _count_left_out(name, [(f"{path}:{line}", "bad pixel values") for line in bad_lines], dropped)
     decoded = np.stack(images) if images else np.empty(_images_shape(0, size, color), np.uint8)
     return FaceDataset(images=decoded, labels=np.asarray(labels, np.int64), class_names=list(FER2013_CLASSES),
-                       name=f"fer2013-csv:{usage}",
-                       dropped={"unreadable": len(bad_lines)} if bad_lines else {})
+                       name=name, dropped=dict(dropped))
 
 
 def _read_fer2013_folder(root: Path, size: int, color: str) -> FaceDataset:
@@ -353,18 +352,21 @@ def _read_packed(root: Path, size: int, color: str, *, split: str = "train",
         encoded, offsets = pack[f"{split}_bytes"], pack[f"{split}_offsets"]
         labels = pack[f"{split}_labels"].astype(np.int64)
         class_names = _canonical([str(name) for name in pack["class_names"]], str(path))
+    _raise_unknown_ids(set(labels[(labels < 0) | (labels >= len(class_names))].tolist()), path,
+                       f"0-{len(class_names) - 1} (its class_names)")
     images = np.empty(_images_shape(len(labels), size, color), np.uint8)
-    unreadable = []
+    failures = []
     for index in tqdm(range(len(labels)), desc=f"decoding {path.name}:{split}", unit="img", file=sys.stderr,
                       disable=len(labels) < _PROGRESS_MIN_FILES):
         try:
             images[index] = decode_bytes(encoded[offsets[index]:offsets[index + 1]], size, color)
-        except SkipImage:
-            unreadable.append(index)
-    if unreadable:
-        images, labels = _remove_rows(images, labels, unreadable)
-    return FaceDataset(images=images, labels=labels, class_names=class_names, name=f"packed:{split}",
-                       dropped={"unreadable": len(unreadable)} if unreadable else {})
+        except SkipImage as skip:
+            failures.append((index, str(skip)))
+    name, dropped = f"packed:{split}", Counter()
+    if failures:
+        _count_left_out(name, [(f"{path} {split} image {index}", reason) for index, reason in failures], dropped)
+        images, labels = _remove_rows(images, labels, [index for index, _ in failures])
+    return FaceDataset(images=images, labels=labels, class_names=class_names, name=name, dropped=dict(dropped))
 
 
 _READERS = {
@@ -412,8 +414,8 @@ def _read_class_folders(root: Path, size: int, color: str, class_map: dict[str, 
         log.warning("%s: no folders %s", root, absent)
     paths, labels, dropped = [], [], Counter()
     for folder in folders:
-        files = sorted(entry.path for entry in os.scandir(root / folder)
-                       if entry.is_file() and not entry.name.startswith("."))
+        # Every entry, not only files: a folder or broken link named like an image is counted, not ignored.
+        files = sorted(entry.path for entry in os.scandir(root / folder) if not entry.name.startswith("."))
         if folder not in canonical_of:
             dropped["skipped by class map"] += len(files)
             continue
@@ -461,12 +463,19 @@ def _decode_files(name: str, class_names: list[str], paths: Sequence[Path], labe
             progress.update(tasks[task])
     if failures:
         failures.sort()
-        dropped.update(reason for _, reason in failures)
-        log.warning("%s: %d image(s) left out, e.g. %s", name, len(failures),
-                    "; ".join(f"{paths[index]} ({reason})" for index, reason in failures[:_LOGGED_FAILURES]))
+        _count_left_out(name, [(str(paths[index]), reason) for index, reason in failures], dropped)
         images, labels = _remove_rows(images, labels, [index for index, _ in failures])
     return FaceDataset(images=images, labels=labels, class_names=class_names, name=name,
                        dropped=dict(dropped))
+
+
+def _count_left_out(name: str, failures: Sequence[tuple[str, str]], dropped: Counter) -> None:
+    """Counts the (item, reason) pairs a reader left out into ``dropped``; one warning names the first few."""
+    counts = Counter(reason for _, reason in failures)
+    dropped.update(counts)
+    log.warning("%s: %d image(s) left out (%s), e.g. %s", name, len(failures),
+                ", ".join(f"{reason} {count}" for reason, count in sorted(counts.items())),
+                "; ".join(f"{item} ({reason})" for item, reason in failures[:_LOGGED_FAILURES]))
 
 
 def _images_shape(count: int, size: int, color: str) -> tuple[int, ...]:
@@ -478,20 +487,28 @@ def decode_image(path: Path, size: int, color: str, box: tuple[int, int, int, in
     try:
         # np.fromfile + imdecode instead of imread: imread cannot open non-ASCII paths on Windows.
         encoded = np.fromfile(path, dtype=np.uint8)
-    except OSError:
-        raise SkipImage("unreadable") from None
+    except FileNotFoundError:
+        raise SkipImage("missing file") from None
+    except OSError:   # no permission, or a folder
+        raise SkipImage("cannot open") from None
     return decode_bytes(encoded, size, color, box)
 
 
 def decode_bytes(encoded: np.ndarray, size: int, color: str,
                  box: tuple[int, int, int, int] | None = None) -> np.ndarray:
-    """An encoded image (JPEG, PNG, ...) -> ``size`` x ``size`` uint8 in ``color``, cropped to ``box`` if given."""
+    """An encoded image (JPEG, PNG, ...) -> ``size`` x ``size`` uint8 in ``color``, cropped to ``box`` if given.
+
+    Raises SkipImage for empty or undecodable bytes; OpenCV also refuses a
+    truncated JPEG or PNG, rather than filling in the missing part.
+    """
+    if not encoded.size:
+        raise SkipImage("empty")
     try:
         image = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE if color == "gray" else cv2.IMREAD_COLOR)
     except cv2.error:
         image = None
     if image is None:
-        raise SkipImage("unreadable")
+        raise SkipImage("undecodable")
     if box is not None:
         x, y, width, height = box
         image = image[max(y, 0):max(y + height, 0), max(x, 0):max(x + width, 0)]
