@@ -1,7 +1,9 @@
-"""Shared fixtures: where the real data lives, and a tiny ONNX model.
+"""Shared fixtures: where the real data lives, a tiny ONNX model, an isolated ROS set-up.
 
 Data is found through ``WSCFER_DATA`` (default ``../shared/data`` beside the
 repository root); tests that need it skip with the reason when it is absent.
+A ROS test module sets ``ROS_DOMAIN_OFFSET`` (distinct per module) and uses
+``ros_dir``, ``model_file`` and ``client``.
 """
 import json
 import os
@@ -79,3 +81,29 @@ def write_tiny_model(path: Path, *, size=48, channels=1, color="gray", classes=F
 @pytest.fixture
 def tiny_model(tmp_path) -> Path:
     return write_tiny_model(tmp_path / "tiny.onnx")
+
+
+@pytest.fixture(scope="module")
+def ros_dir(tmp_path_factory, request):
+    """The module's own ROS domain and log folder (see ros_helpers.isolated_ros)."""
+    from ros_helpers import domain_id, isolated_ros
+
+    directory = tmp_path_factory.mktemp("ros")
+    with isolated_ros(directory / "log", domain_id(request.module.ROS_DOMAIN_OFFSET)):
+        yield directory
+
+
+@pytest.fixture(scope="module")
+def model_file(ros_dir) -> Path:
+    """The tiny model, for the nodes a ROS test module starts."""
+    return write_tiny_model(ros_dir / "tiny.onnx")
+
+
+@pytest.fixture(scope="module")
+def client(ros_dir):
+    """The test's own rclpy node in the module's ROS domain."""
+    from ros_helpers import RosClient
+
+    ros_client = RosClient("wscfer_test_client")
+    yield ros_client
+    ros_client.close()

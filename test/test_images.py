@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import CompressedImage, Image
 
-from wscfer_ros.images import (ENCODINGS, ImageError, as_bgr, compressed_to_array,
+from wscfer_ros.images import (ENCODINGS, ImageError, as_bgr, compressed_to_array, declared_size,
                                fill_image, image_to_array)
 
 RNG = np.random.default_rng(0)
@@ -60,15 +60,6 @@ def test_step_padding_is_skipped_without_copying(encoding):
     assert np.shares_memory(view, message_buffer(msg))
 
 
-def test_longer_data_than_needed_is_accepted():
-    image = random_image(2, 2, 3)
-    msg = Image(height=2, width=2, encoding="rgb8", step=6,
-                data=array.array("B", image.tobytes() + b"\0" * 10))
-    view, color = image_to_array(msg)
-    np.testing.assert_array_equal(view, image)
-    assert color == "rgb"
-
-
 def test_fill_image_accepts_single_channel_with_explicit_axis():
     image = random_image(3, 4, 1)[..., np.newaxis]
     msg = Image()
@@ -88,26 +79,41 @@ def test_unsupported_encodings_are_named(encoding, expected):
     with pytest.raises(ImageError, match=r"expected one of bgr8, rgb8, mono8") as error:
         image_to_array(msg)
     assert expected in str(error.value)
+    assert error.value.reason == "unsupported encoding"
 
 
-def test_data_shorter_than_step_times_height():
-    msg = Image(height=4, width=3, encoding="bgr8", step=9, data=array.array("B", bytes(30)))
+@pytest.mark.parametrize("data_bytes", [30, 37, 0])
+def test_data_other_than_step_times_height(data_bytes):
+    """Truncated and oversized data alike: the header does not describe the pixels."""
+    msg = Image(height=4, width=3, encoding="bgr8", step=9,
+                data=array.array("B", bytes(data_bytes)))
     with pytest.raises(ImageError) as error:
         image_to_array(msg)
-    assert str(error.value) == ("bgr8 image 3x4 with step 9: data holds 30 bytes, "
+    assert str(error.value) == (f"bgr8 image 3x4 with step 9: data holds {data_bytes} bytes, "
                                 "expected step x height = 36")
+    assert error.value.reason == "size mismatch"
+
+
+def test_huge_dimensions_with_little_data_are_refused_without_allocating():
+    msg = Image(height=2**31 - 1, width=2**31 - 1, encoding="rgba8", step=4 * (2**31 - 1),
+                data=array.array("B", bytes(64)))
+    with pytest.raises(ImageError, match="data holds 64 bytes") as error:
+        image_to_array(msg)
+    assert error.value.reason == "size mismatch"
 
 
 def test_empty_image():
     msg = Image(height=0, width=0, encoding="bgr8", step=0)
-    with pytest.raises(ImageError, match=r"empty bgr8 image: 0x0 pixels"):
+    with pytest.raises(ImageError, match=r"empty bgr8 image: 0x0 pixels") as error:
         image_to_array(msg)
+    assert error.value.reason == "empty"
 
 
 def test_step_smaller_than_a_row():
     msg = Image(height=2, width=4, encoding="rgba8", step=8, data=array.array("B", bytes(64)))
-    with pytest.raises(ImageError, match=r"step 8 is smaller than a row .* = 16 bytes"):
+    with pytest.raises(ImageError, match=r"step 8 is smaller than a row .* = 16 bytes") as error:
         image_to_array(msg)
+    assert error.value.reason == "size mismatch"
 
 
 @pytest.mark.parametrize("image, encoding", [
@@ -117,7 +123,7 @@ def test_step_smaller_than_a_row():
     (np.zeros((2, 2, 3), np.uint8), "bgr16"),
 ])
 def test_fill_image_rejects_mismatched_arrays(image, encoding):
-    with pytest.raises(ImageError, match=encoding):
+    with pytest.raises(ValueError, match=encoding):
         fill_image(Image(), image, encoding)
 
 
@@ -149,19 +155,59 @@ def test_gray_png_decodes_to_gray_exactly():
 
 def test_random_bytes_are_not_a_jpeg():
     msg = CompressedImage(format="jpeg", data=array.array("B", RNG.bytes(1000)))
-    with pytest.raises(ImageError, match=r"cannot decode 1000 bytes as jpeg"):
+    with pytest.raises(ImageError, match=r"cannot decode 1000 bytes as jpeg") as error:
         compressed_to_array(msg)
+    assert error.value.reason == "undecodable"
 
 
 def test_empty_compressed_image():
-    with pytest.raises(ImageError, match=r"empty compressed image \(format 'png'\)"):
+    with pytest.raises(ImageError, match=r"empty compressed image \(format 'png'\)") as error:
         compressed_to_array(CompressedImage(format="png"))
+    assert error.value.reason == "empty"
+
+
+@pytest.mark.parametrize("extension", [".jpg", ".png"])
+def test_declared_size_is_read_from_the_header(media_dir, extension):
+    photo = cv2.imread(str(media_dir / "obama-720p.jpg"))
+    encoded = np.frombuffer(encode(photo, extension), np.uint8)
+    assert declared_size(encoded) == (1280, 720)
+    assert declared_size(encoded[:1]) is None
+
+
+@pytest.mark.parametrize("extension", [".jpg", ".png"])
+def test_a_header_announcing_a_huge_picture_is_refused_before_decoding(extension):
+    """A few bytes must not make the decoder allocate gigabytes."""
+    encoded = bytearray(encode(random_image(16, 16, 3), extension).tobytes())
+    if extension == ".png":
+        encoded[16:24] = (40000).to_bytes(4, "big") + (30000).to_bytes(4, "big")
+    else:
+        frame = encoded.index(b"\xff\xc0")
+        encoded[frame + 5:frame + 9] = (30000).to_bytes(2, "big") + (40000).to_bytes(2, "big")
+    msg = CompressedImage(format="jpeg", data=array.array("B", bytes(encoded)))
+    with pytest.raises(ImageError, match=r"announces 40000x30000 pixels") as error:
+        compressed_to_array(msg)
+    assert error.value.reason == "too large"
+
+
+@pytest.mark.parametrize("corrupt, expected", [
+    (lambda png: png[:8] + RNG.bytes(2000), "PNG does not start with its IHDR chunk"),
+    (lambda png: png[:len(png) // 2], "runs past the end of the data"),
+    (lambda png: png[:-12], "PNG ends before its IEND chunk"),
+])
+def test_corrupt_png_structure_is_refused_before_decoding(corrupt, expected):
+    """OpenCV would allocate each chunk at its stated length: random bytes cost gigabytes."""
+    png = encode(random_image(64, 64, 3), ".png").tobytes()
+    msg = CompressedImage(format="png", data=array.array("B", corrupt(png)))
+    with pytest.raises(ImageError, match=expected) as error:
+        compressed_to_array(msg)
+    assert error.value.reason == "undecodable"
 
 
 def test_unsupported_compressed_format_is_named():
     msg = CompressedImage(format="tiff", data=encode(random_image(4, 4, 3), ".tiff"))
-    with pytest.raises(ImageError, match=r"unsupported compressed image format 'tiff'"):
+    with pytest.raises(ImageError, match=r"unsupported compressed image format 'tiff'") as error:
         compressed_to_array(msg)
+    assert error.value.reason == "unsupported format"
 
 
 @pytest.mark.parametrize("encoding", sorted(ENCODINGS))

@@ -4,7 +4,7 @@ The node runs the tiny model of conftest (the detector is the real MediaPipe
 one), so faces, boxes, stamps and ids are real; the labels are not meaningful.
 """
 import array
-import json
+import pickle
 import re
 import signal
 import subprocess
@@ -12,24 +12,20 @@ import sys
 
 import cv2
 import numpy as np
+import onnx
 import pytest
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from diagnostic_msgs.msg import DiagnosticStatus
 from lifecycle_msgs.msg import State, Transition
-from lifecycle_msgs.srv import ChangeState, GetState
-from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import String
 
-from conftest import FER_CLASSES, write_tiny_model
-from ros_helpers import (REPLY_TIMEOUT_S, REPO_ROOT, STARTUP_TIMEOUT_S, NodeProcess, RosClient,
-                         domain_id, isolated_ros)
-from wscfer_ros.images import fill_image
+from conftest import FER_CLASSES
+from ros_helpers import (REPLY_TIMEOUT_S, REPO_ROOT, STARTUP_TIMEOUT_S, TEST_PARAMETERS,
+                         LifecycleManager, NodeProcess, NodeUnderTest, image_message, jpeg_message)
 from wscfer_ros.node import NewestFrame
 
 PARAMS_FILE = REPO_ROOT / "config" / "wscfer.yaml"
-RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+ROS_DOMAIN_OFFSET = 11
 BURST_FRAMES = 60
-TEST_PARAMETERS = ["-p", "qos:=reliable", "-p", "queue_depth:=100", "-p", "diagnostics_period:=0.2"]
 
 
 @pytest.fixture(scope="module")
@@ -40,25 +36,6 @@ def frames(media_dir) -> list[np.ndarray]:
     capture.release()
     assert all(frame is not None for frame in decoded)
     return decoded
-
-
-@pytest.fixture(scope="module")
-def ros_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("ros")
-    with isolated_ros(directory / "log", domain_id(module_offset=11)):
-        yield directory
-
-
-@pytest.fixture(scope="module")
-def model_file(ros_dir):
-    return write_tiny_model(ros_dir / "tiny.onnx")
-
-
-@pytest.fixture(scope="module")
-def client(ros_dir):
-    ros_client = RosClient("wscfer_test_client")
-    yield ros_client
-    ros_client.close()
 
 
 def start_node(ros_dir, name: str, *ros_args: str) -> NodeProcess:
@@ -95,109 +72,20 @@ def lifecycle_node(ros_dir, model_file):
     process.stop()
 
 
-class NodeUnderTest:
-    """The test's side of one running node: its input publisher and what it published."""
-
-    def __init__(self, client: RosClient, process: NodeProcess, namespace: str = "",
-                 compressed: bool = False, debug_image: bool = False):
-        self.client, self.process = client, process
-        self.fqn = f"{namespace}/wscfer_node"
-        self.input = client.node.create_publisher(
-            CompressedImage if compressed else Image,
-            f"{namespace}/image/compressed" if compressed else f"{namespace}/image", RELIABLE)
-        expressions, self.expressions = client.collect(String, f"{namespace}/expressions",
-                                                       RELIABLE)
-        labels, self.labels = client.collect(String, f"{namespace}/expression", RELIABLE)
-        self._output_subscriptions = [expressions, labels]
-        self.debug_images = []
-        if debug_image:
-            debug_images, self.debug_images = client.collect(Image, f"{namespace}/debug_image",
-                                                             RELIABLE)
-            self._output_subscriptions.append(debug_images)
-        _, self.diagnostics = client.collect(DiagnosticArray, "/diagnostics")
-        self.sent = 0
-
-    def wait_until(self, condition, what: str, timeout: float = REPLY_TIMEOUT_S) -> None:
-        self.client.spin_until(condition, what, timeout, processes=(self.process,))
-
-    def wait_until_subscribed(self) -> None:
-        """Wait until the node takes our frames and we hear all it publishes."""
-        self.wait_until(lambda: self.input.get_subscription_count() > 0
-                        and all(s.get_publisher_count() > 0 for s in self._output_subscriptions),
-                        f"{self.fqn} connected to the test", STARTUP_TIMEOUT_S)
-
-    def answers(self) -> list[dict]:
-        return [json.loads(message.data) for message in self.expressions]
-
-    def answer_to(self, stamp: int) -> dict | None:
-        return next((answer for answer in self.answers() if answer["stamp"]["sec"] == stamp), None)
-
-    def send(self, msg, stamp: int) -> None:
-        msg.header.stamp.sec = stamp
-        msg.header.frame_id = "test_camera"
-        self.input.publish(msg)
-        self.sent += 1
-
-    def send_and_wait(self, msg, stamp: int) -> dict:
-        self.send(msg, stamp)
-        self.wait_until(lambda: self.answer_to(stamp) is not None,
-                        f"{self.fqn} answers the frame stamped {stamp}")
-        return self.answer_to(stamp)
-
-    def counts(self) -> dict[str, str]:
-        """The newest diagnostics values of this node (empty before the first report)."""
-        for message in reversed(self.diagnostics):
-            for status in message.status:
-                if status.hardware_id == self.fqn:
-                    return {value.key: value.value for value in status.values}
-        return {}
-
-    def frame_counts(self) -> dict[str, int]:
-        values = self.counts()
-        return {name: int(values.get(f"frames {name}", 0))
-                for name in ("received", "processed", "skipped", "rejected", "failed")}
-
-    def wait_until_accounted(self) -> dict[str, int]:
-        """Frame counts once each frame sent arrived and was processed, skipped or rejected."""
-        def settled():
-            counts = self.frame_counts()
-            done = counts["processed"] + counts["skipped"] + counts["rejected"] + counts["failed"]
-            return counts["received"] == self.sent and done == self.sent
-        self.wait_until(settled, f"{self.fqn} reports {self.sent} frames accounted for")
-        return self.frame_counts()
-
-    def status(self) -> tuple[bytes, str]:
-        for message in reversed(self.diagnostics):
-            for status in message.status:
-                if status.hardware_id == self.fqn:
-                    return status.level, status.message
-        return b"", ""
-
-
 def test_newest_frame_keeps_only_the_newest_message():
     mailbox = NewestFrame()
     mailbox.open()
     for message in ("first", "second", "third"):
         mailbox.put(message)
-    newest, _ = mailbox.take()
+    newest = mailbox.take()
     mailbox.put("fourth")
     mailbox.close()
 
     assert newest == "third"
     assert mailbox.take() is None, "closing drops the pending message and ends the worker"
-    assert (mailbox.received, mailbox.skipped) == (4, 3)
-
-
-def image_message(frame: np.ndarray) -> Image:
-    msg = Image()
-    fill_image(msg, frame, "bgr8")
-    return msg
-
-
-def jpeg_message(frame: np.ndarray) -> CompressedImage:
-    ok, encoded = cv2.imencode(".jpg", frame)
-    assert ok
-    return CompressedImage(format="jpeg", data=array.array("B", encoded.tobytes()))
+    assert mailbox.skipped == 3
+    mailbox.open()
+    assert mailbox.skipped == 0, "counts start again at each activation"
 
 
 @pytest.fixture(scope="module")
@@ -311,36 +199,15 @@ def test_random_bytes_as_jpeg_are_rejected_then_a_jpeg_is_answered(client, compr
     assert "cannot decode 5000 bytes as jpeg" in compressed_node.output()
 
 
-def change_state(client: RosClient, process: NodeProcess, fqn: str, transition: int) -> bool:
-    service = client.node.create_client(ChangeState, f"{fqn}/change_state")
-    client.spin_until(service.service_is_ready, f"{fqn}/change_state is available",
-                      STARTUP_TIMEOUT_S, processes=(process,))
-    future = service.call_async(ChangeState.Request(transition=Transition(id=transition)))
-    client.spin_until(future.done, f"{fqn} answers transition {transition}",
-                      processes=(process,))
-    client.node.destroy_client(service)
-    return future.result().success
-
-
-def current_state(client: RosClient, process: NodeProcess, fqn: str) -> int:
-    service = client.node.create_client(GetState, f"{fqn}/get_state")
-    client.spin_until(service.service_is_ready, f"{fqn}/get_state is available",
-                      STARTUP_TIMEOUT_S, processes=(process,))
-    future = service.call_async(GetState.Request())
-    client.spin_until(future.done, f"{fqn} answers get_state", processes=(process,))
-    client.node.destroy_client(service)
-    return future.result().current_state.id
-
-
 def test_lifecycle_transitions(client, lifecycle_node, frames):
     node = NodeUnderTest(client, lifecycle_node, namespace="/managed")
-    fqn = node.fqn
+    manager = LifecycleManager(client, lifecycle_node, node.fqn)
 
     def transition(transition_id: int, expected_state: int) -> None:
-        assert change_state(client, lifecycle_node, fqn, transition_id)
-        assert current_state(client, lifecycle_node, fqn) == expected_state
+        assert manager.change(transition_id)
+        assert manager.state() == expected_state
 
-    assert current_state(client, lifecycle_node, fqn) == State.PRIMARY_STATE_UNCONFIGURED
+    assert manager.state() == State.PRIMARY_STATE_UNCONFIGURED
     assert node.input.get_subscription_count() == 0
 
     transition(Transition.TRANSITION_CONFIGURE, State.PRIMARY_STATE_INACTIVE)
@@ -363,9 +230,10 @@ def test_lifecycle_transitions(client, lifecycle_node, frames):
     transition(Transition.TRANSITION_DEACTIVATE, State.PRIMARY_STATE_INACTIVE)
     transition(Transition.TRANSITION_CLEANUP, State.PRIMARY_STATE_UNCONFIGURED)
     transition(Transition.TRANSITION_UNCONFIGURED_SHUTDOWN, State.PRIMARY_STATE_FINALIZED)
+    manager.close()
 
 
-def test_no_image_makes_diagnostics_warn(client, ros_dir, model_file):
+def test_camera_silence_warns_and_frames_coming_back_clear_it(client, ros_dir, model_file, frames):
     process = start_node(ros_dir, "idle_node", "-r", "__ns:=/idle",
                          "-p", f"model_path:={model_file}", "-p", "providers:=cpu",
                          "-p", "no_image_warn_after:=0.5", *TEST_PARAMETERS)
@@ -376,28 +244,68 @@ def test_no_image_makes_diagnostics_warn(client, ros_dir, model_file):
         assert node.status()[1].startswith("no image received on /idle/image for ")
         assert node.counts()["provider"] == "CPUExecutionProvider"
         assert node.counts()["model"] == str(model_file)
+
+        node.wait_until_subscribed()
+        assert len(node.send_and_wait(image_message(frames[0]), stamp=7000)["faces"]) == 1
+        node.wait_until(lambda: node.status() == (DiagnosticStatus.OK, "processing the newest frames"),
+                        "diagnostics back to OK once frames arrive")
     finally:
         assert process.stop(signal.SIGTERM) == 0
     assert "Traceback" not in process.output()
 
 
+def pickle_that_writes(marker):
+    """A pickle that creates ``marker`` when unpickled: a model file no loader may unpickle."""
+    class Payload:
+        def __reduce__(self):
+            return open, (str(marker), "w")
+    return pickle.dumps(Payload())
+
+
+def bad_model_files(directory, model_file):
+    """Model files a user can get wrong, each written to ``directory``."""
+    (directory / "corrupt.onnx").write_bytes(b"not an onnx model")
+    whole = model_file.read_bytes()
+    (directory / "truncated.onnx").write_bytes(whole[:len(whole) // 2])
+    without_metadata = onnx.load(str(model_file))
+    del without_metadata.metadata_props[:]
+    onnx.save(without_metadata, str(directory / "no_metadata.onnx"))
+    (directory / "model.pkl").write_bytes(pickle_that_writes(directory / "unpickled"))
+
+
 @pytest.mark.parametrize("case, parameter, expected", [
-    ("missing model", "model_path:={dir}/missing.onnx", "{dir}/missing.onnx"),
-    ("corrupt model", "model_path:={dir}/corrupt.onnx", "{dir}/corrupt.onnx"),
+    ("missing model", "model_path:={dir}/missing.onnx", "model file not found: {dir}/missing.onnx"),
+    ("corrupt model", "model_path:={dir}/corrupt.onnx", "{dir}/corrupt.onnx: not a valid ONNX model"),
+    ("truncated model", "model_path:={dir}/truncated.onnx",
+     "{dir}/truncated.onnx: not a valid ONNX model"),
+    ("model without metadata", "model_path:={dir}/no_metadata.onnx",
+     "{dir}/no_metadata.onnx: metadata key 'class_names' is missing"),
+    ("pickled model", "model_path:={dir}/model.pkl", "{dir}/model.pkl: not a valid ONNX model"),
     ("unknown input", "input:=video",
      "parameter input must be one of raw, compressed, got 'video'"),
+    ("unknown qos", "qos:=fast", "parameter qos must be one of sensor_data, reliable, got 'fast'"),
+    ("unknown provider", "providers:=tensorrt",
+     "providers must be one of auto, cpu, cuda, got 'tensorrt'"),
+    ("unknown detector", "detector:=far", "detector must be one of"),
+    ("negative crop scale", "crop_scale:=-1.2", "crop_scale must be >= 0"),
+    ("negative face size", "min_face_size:=-4", "min_face_size must be >= 0, got -4"),
+    ("no faces", "max_faces:=0", "max_faces must be >= 1, got 0"),
+    ("confidence above 1", "min_detection_confidence:=1.5", "min_confidence must be in [0, 1]"),
+    ("smoothing of 1", "smoothing:=1.0", "smoothing must be in [0, 1), got 1.0"),
+    ("zero queue", "queue_depth:=0", "parameter queue_depth must be positive, got 0"),
     ("wrong type", "max_faces:=2.5",
      "'max_faces' to '2.5' of type 'DOUBLE', expecting type 'INTEGER'"),
 ])
 def test_bad_configuration_exits_1_with_one_clear_error(ros_dir, model_file, case, parameter,
                                                        expected):
-    (ros_dir / "corrupt.onnx").write_bytes(b"not an onnx model")
+    bad_model_files(ros_dir, model_file)
     process = start_node(ros_dir, case.replace(" ", "_"), "-p", f"model_path:={model_file}",
                          "-p", parameter.format(dir=ros_dir))
     assert process.wait() == 1
     errors = [line for line in process.output().splitlines() if "[ERROR]" in line]
     assert len(errors) == 1 and expected.format(dir=ros_dir) in errors[0], process.output()
     assert "Traceback" not in process.output()
+    assert not (ros_dir / "unpickled").exists(), "the node unpickled a model file"
 
 
 def test_sigint_stops_the_node_cleanly(raw):

@@ -91,3 +91,18 @@ def test_smoothing_blends_with_the_past():
 def test_bad_settings_are_rejected(kwargs):
     with pytest.raises(ValueError):
         FaceTracker(**kwargs)
+
+
+def test_faces_that_come_and_go_never_pile_up_tracks():
+    """A crowd passing by for hours: expired tracks are freed, only live ones are kept."""
+    tracker = FaceTracker(max_missed_frames=2)
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        count = int(rng.integers(0, 4))
+        boxes = np.column_stack([rng.integers(0, 600, count), rng.integers(0, 400, count),
+                                 np.full(count, 40), np.full(count, 40)])
+        tracker.update(boxes, np.tile(HAPPY, (count, 1)))
+        assert tracker.track_count <= 3 * (tracker.max_missed_frames + 1)
+    for _ in range(tracker.max_missed_frames + 1):
+        tracker.update(np.zeros((0, 4)), np.zeros((0, 3)))
+    assert tracker.track_count == 0

@@ -27,8 +27,29 @@ _TO_BGR = {
 }
 
 
+# Why a message was rejected: the keys of the node's per-kind rejection counters.
+REJECTION_REASONS = ("unsupported encoding", "unsupported format", "empty", "size mismatch",
+                     "too large", "undecodable")
+# A compressed image may announce more pixels than it holds; the decoder
+# allocates (and partly touches) all of them before it notices.  Refusing
+# what no camera sends (8K is 33 Mpixels) keeps a few bad bytes from taking
+# gigabytes of a robot's memory.
+MAX_COMPRESSED_PIXELS = 64 * 2**20
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (the ones that carry the picture size).
+_JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
 class ImageError(ValueError):
-    """An image message that cannot be turned into a picture; the message says why."""
+    """An image message that cannot be turned into a picture.
+
+    The text says why in full; ``reason`` is one of :data:`REJECTION_REASONS`,
+    so rejections can be counted by kind.
+    """
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 def image_to_array(msg) -> tuple[np.ndarray, str]:
@@ -41,21 +62,24 @@ def image_to_array(msg) -> tuple[np.ndarray, str]:
     if encoding not in ENCODINGS:
         raise ImageError(
             f"unsupported image encoding {encoding!r} ({msg.width}x{msg.height}): "
-            f"expected one of {', '.join(ENCODINGS)} (8 bits per channel)")
+            f"expected one of {', '.join(ENCODINGS)} (8 bits per channel)",
+            "unsupported encoding")
     channels, color = ENCODINGS[encoding]
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height == 0 or width == 0:
-        raise ImageError(f"empty {encoding} image: {width}x{height} pixels")
+        raise ImageError(f"empty {encoding} image: {width}x{height} pixels", "empty")
     row_bytes = width * channels
     if step < row_bytes:
         raise ImageError(
             f"{encoding} image {width}x{height}: step {step} is smaller than a row "
-            f"({width} pixels x {channels} bytes = {row_bytes} bytes)")
+            f"({width} pixels x {channels} bytes = {row_bytes} bytes)", "size mismatch")
     buffer = memoryview(msg.data)
-    if buffer.nbytes < step * height:
+    # Longer data is refused too: the header then does not describe the
+    # pixels (a wrong width, height or encoding), and guessing shows garbage.
+    if buffer.nbytes != step * height:
         raise ImageError(
             f"{encoding} image {width}x{height} with step {step}: data holds {buffer.nbytes} "
-            f"bytes, expected step x height = {step * height}")
+            f"bytes, expected step x height = {step * height}", "size mismatch")
     shape = (height, width) if channels == 1 else (height, width, channels)
     strides = (step, 1) if channels == 1 else (step, channels, 1)
     return np.ndarray(shape, np.uint8, buffer=buffer, strides=strides), color
@@ -66,33 +90,93 @@ def compressed_to_array(msg) -> tuple[np.ndarray, str]:
     image_format = msg.format.lower()
     if image_format and not any(name in image_format for name in COMPRESSED_FORMATS):
         raise ImageError(
-            f"unsupported compressed image format {msg.format!r}: expected jpeg or png")
+            f"unsupported compressed image format {msg.format!r}: expected jpeg or png",
+            "unsupported format")
     encoded = np.frombuffer(memoryview(msg.data), np.uint8)
     if encoded.size == 0:
-        raise ImageError(f"empty compressed image (format {msg.format!r})")
+        raise ImageError(f"empty compressed image (format {msg.format!r})", "empty")
+    declared = declared_size(encoded)
+    if declared and declared[0] * declared[1] > MAX_COMPRESSED_PIXELS:
+        raise ImageError(f"compressed image announces {declared[0]}x{declared[1]} pixels, more than "
+                         f"the {MAX_COMPRESSED_PIXELS} accepted", "too large")
+    broken_png = png_structure_error(encoded)
+    if broken_png:
+        raise ImageError(f"cannot decode {encoded.size} bytes as {msg.format or 'an image'}: "
+                         f"{broken_png}", "undecodable")
     try:
         # ANYCOLOR keeps gray images gray and drops alpha; without ANYDEPTH
         # 16-bit png is scaled to 8 bits, the pipeline's input depth.
         image = cv2.imdecode(encoded, cv2.IMREAD_ANYCOLOR)
     except cv2.error as error:
         raise ImageError(f"cannot decode {encoded.size} bytes as {msg.format or 'an image'}: "
-                         f"{error}") from None
+                         f"{error}", "undecodable") from None
     if image is None or image.size == 0:
         raise ImageError(f"cannot decode {encoded.size} bytes as {msg.format or 'an image'}: "
-                         "not a valid jpeg or png")
+                         "not a valid jpeg or png", "undecodable")
     return image, "gray" if image.ndim == 2 else "bgr"
+
+
+def declared_size(encoded: np.ndarray) -> tuple[int, int] | None:
+    """Width and height a PNG or JPEG header announces, without decoding; None if not found."""
+    data = encoded.tobytes()[:65536]   # the size comes before any pixel data
+    if data.startswith(_PNG_SIGNATURE) and data[12:16] == b"IHDR" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    position = 2
+    while position + 4 <= len(data) and data[position] == 0xFF:
+        marker = data[position + 1]
+        if marker == 0xFF:   # fill byte
+            position += 1
+            continue
+        length = int.from_bytes(data[position + 2:position + 4], "big")
+        if marker in _JPEG_FRAME_MARKERS and position + 9 <= len(data):
+            height = int.from_bytes(data[position + 5:position + 7], "big")
+            width = int.from_bytes(data[position + 7:position + 9], "big")
+            return width, height
+        if marker == 0xDA:   # start of scan: no frame header before the pixels
+            return None
+        position += 2 + length
+    return None
+
+
+def png_structure_error(encoded: np.ndarray) -> str | None:
+    """What is wrong with the chunk structure of a PNG (None if fine, or not a PNG).
+
+    OpenCV's PNG reader allocates each chunk at the length the file states
+    before reading it: a signature followed by random bytes costs seconds
+    and gigabytes.  Walking the chunk headers first costs microseconds.
+    """
+    data = memoryview(encoded)
+    if data[:8] != _PNG_SIGNATURE:
+        return None
+    position = len(_PNG_SIGNATURE)
+    first = True
+    while position + 8 <= len(data):
+        length = int.from_bytes(data[position:position + 4], "big")
+        kind = bytes(data[position + 4:position + 8])
+        if first and kind != b"IHDR":
+            return f"PNG does not start with its IHDR chunk (found {kind!r})"
+        if position + 12 + length > len(data):
+            return (f"PNG chunk {kind!r} of {length} bytes runs past the end of the data "
+                    f"(truncated or corrupt)")
+        if kind == b"IEND":
+            return None
+        position += 12 + length
+        first = False
+    return "PNG ends before its IEND chunk (truncated)"
 
 
 def fill_image(msg, image: np.ndarray, encoding: str) -> None:
     """Write a uint8 array into the fields of a sensor_msgs/Image (tightly packed rows)."""
     if encoding not in ENCODINGS:
-        raise ImageError(f"cannot write encoding {encoding!r}: expected one of "
+        raise ValueError(f"cannot write encoding {encoding!r}: expected one of "
                          f"{', '.join(ENCODINGS)}")
     channels, _ = ENCODINGS[encoding]
     shape_matches = ((image.ndim == 3 and image.shape[2] == channels)
                      or (image.ndim == 2 and channels == 1))
     if image.dtype != np.uint8 or not shape_matches:
-        raise ImageError(f"cannot write a {image.dtype} array of shape {image.shape} as "
+        raise ValueError(f"cannot write a {image.dtype} array of shape {image.shape} as "
                          f"{encoding}: expected uint8 with {channels} channel(s)")
     height, width = image.shape[:2]
     msg.height = height
@@ -112,5 +196,5 @@ def as_bgr(image: np.ndarray, color: str) -> np.ndarray:
     if color == "bgr":
         return image
     if color not in _TO_BGR:
-        raise ImageError(f"unknown colour {color!r}: expected bgr, {', '.join(_TO_BGR)}")
+        raise ValueError(f"unknown colour {color!r}: expected bgr, {', '.join(_TO_BGR)}")
     return cv2.cvtColor(image, _TO_BGR[color])

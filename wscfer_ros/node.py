@@ -11,10 +11,12 @@ of the largest face), ``debug_image`` (sensor_msgs/Image, when enabled) and
 ``/diagnostics``.  Topic names are relative, so they remap and follow the
 namespace.
 
-Only the newest frame is processed: the subscription callback just stores the
-message in a one-slot mailbox that a worker thread empties; a frame replaced
-there before the worker took it is counted as skipped, so no backlog can
-build while the pipeline is busy.
+Only the newest frame is processed: the subscription callback turns the
+message into an array (a view for raw images) and stores it in a one-slot
+mailbox that a worker thread empties; a frame replaced there before the worker
+took it is counted as skipped, so no backlog can build while the pipeline is
+busy.  Malformed messages are rejected (and counted by kind) in the callback,
+before the mailbox, so a flood of bad messages can never push out a good frame.
 """
 import dataclasses
 import json
@@ -33,7 +35,8 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
-from wscfer_ros.images import as_bgr, compressed_to_array, fill_image, image_to_array
+from wscfer_ros.images import (REJECTION_REASONS, ImageError, as_bgr, compressed_to_array,
+                               fill_image, image_to_array)
 from wscfer_ros.output import draw_faces, frame_message, largest_face
 from wscfer_ros.pipeline import Pipeline, PipelineConfig
 from wscfer_ros.ros_process import run_node
@@ -101,10 +104,19 @@ LATENCY_WINDOW = 200     # frames in the latency percentiles of the diagnostics
 WARNING_PERIOD_S = 5.0   # at most one warning per this period for repeated bad frames
 
 
-class NewestFrame:
-    """A one-message mailbox between the subscription callback and the worker thread.
+class Frame(NamedTuple):
+    """A frame that passed the checks, on its way from the callback to the worker."""
 
-    ``put`` replaces a message the worker has not taken yet and counts it as
+    header: object          # std_msgs/Header of the message
+    image: np.ndarray
+    color: str
+    arrival: float          # time.monotonic() when the message arrived
+
+
+class NewestFrame:
+    """A one-frame mailbox between the subscription callback and the worker thread.
+
+    ``put`` replaces a frame the worker has not taken yet and counts it as
     skipped, so the worker always gets the newest frame.
     """
 
@@ -112,13 +124,12 @@ class NewestFrame:
         self._condition = threading.Condition()
         self._pending = None
         self._open = False
-        self.received = 0
         self.skipped = 0
-        self.last_arrival: float | None = None   # time.monotonic() of the newest message
 
     def open(self) -> None:
         with self._condition:
             self._open = True
+            self.skipped = 0
 
     def close(self) -> None:
         """Drop the pending message and make ``take`` return None."""
@@ -129,17 +140,15 @@ class NewestFrame:
                 self._pending = None
             self._condition.notify_all()
 
-    def put(self, message) -> None:
+    def put(self, frame) -> None:
         with self._condition:
-            self.last_arrival = time.monotonic()
-            self.received += 1
             if self._pending is not None:
                 self.skipped += 1
-            self._pending = (message, self.last_arrival)
+            self._pending = frame
             self._condition.notify()
 
     def take(self):
-        """Wait for the next message; (message, arrival time), or None once closed."""
+        """Wait for the next frame; None once closed."""
         with self._condition:
             self._condition.wait_for(lambda: self._pending is not None or not self._open)
             if not self._open:
@@ -165,9 +174,14 @@ class ExpressionNode(Node):
         self._diagnostics_timer = None
         self._active = False
         self._activated_at = 0.0
+        # Frame counters, cumulative since activation.  The callback (executor
+        # thread) writes received/rejected, the worker processed/failed.
+        self._received = 0
+        self._rejected = dict.fromkeys(REJECTION_REASONS, 0)
         self._processed = 0
-        self._rejected = 0
         self._failed = 0
+        self._failures_in_a_row = 0
+        self._last_arrival: float | None = None
         self._latencies_ms = deque(maxlen=LATENCY_WINDOW)
         self._last_report = (time.monotonic(), 0, 0)   # time, received, processed
         # Declared last: a parameter of the wrong type raises here, and the
@@ -213,13 +227,13 @@ class ExpressionNode(Node):
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         self._pipeline.reset()   # faces seen before a pause are not the faces seen now
+        self._reset_counters()
         self._frames.open()
         self._worker = threading.Thread(target=self._process_frames, name="wscfer_worker")
         self._worker.start()
         self._subscription = self.create_subscription(
-            self._input.message_type, self._input.topic, self._frames.put, self._input_qos)
+            self._input.message_type, self._input.topic, self._receive, self._input_qos)
         self._active = True
-        self._activated_at = time.monotonic()
         self.get_logger().info(f"processing images from {self._subscription.topic_name}")
         return super().on_activate(state)
 
@@ -254,6 +268,17 @@ class ExpressionNode(Node):
                                      reliability=RELIABILITY[self._parameter("qos")])
         self._no_image_warn_after = self._parameter("no_image_warn_after")
 
+    def _reset_counters(self) -> None:
+        self._received = 0
+        self._rejected = dict.fromkeys(REJECTION_REASONS, 0)
+        self._processed = 0
+        self._failed = 0
+        self._failures_in_a_row = 0
+        self._last_arrival = None
+        self._latencies_ms.clear()
+        self._activated_at = time.monotonic()
+        self._last_report = (self._activated_at, 0, 0)
+
     def _stop_processing(self) -> None:
         if self._subscription is not None:
             self.destroy_subscription(self._subscription)
@@ -280,43 +305,60 @@ class ExpressionNode(Node):
             self._pipeline.close()
             self._pipeline = None
 
-    # Frames (worker thread)
+    # Frames: the subscription callback (executor thread), then the worker thread
 
-    def _process_frames(self) -> None:
-        while (pending := self._frames.take()) is not None:
-            try:
-                self._process(*pending)
-            except Exception:   # a library failure on one frame must not stop the node
-                self._failed += 1
-                self.get_logger().error(
-                    f"processing a frame failed ({self._failed} failed so far):\n"
-                    f"{traceback.format_exc()}", throttle_duration_sec=WARNING_PERIOD_S)
-
-    def _process(self, message, arrival: float) -> None:
+    def _receive(self, message) -> None:
+        """Check and convert one message; only a usable frame goes to the worker."""
+        self._last_arrival = time.monotonic()
+        self._received += 1
         try:
             image, color = self._input.to_array(message)
-            result = self._pipeline.process(image, color)
-        except ValueError as error:
-            self._rejected += 1
-            self.get_logger().warning(f"rejected a frame ({self._rejected} rejected so far): "
-                                      f"{error}", throttle_duration_sec=WARNING_PERIOD_S)
+        except ImageError as error:
+            self._rejected[error.reason] += 1
+            self.get_logger().warning(
+                f"rejected a frame ({sum(self._rejected.values())} rejected so far): {error}",
+                throttle_duration_sec=WARNING_PERIOD_S)
             return
-        latency_ms = (time.monotonic() - arrival) * 1000.0
+        self._frames.put(Frame(message.header, image, color, self._last_arrival))
+
+    def _process_frames(self) -> None:
+        while (frame := self._frames.take()) is not None:
+            try:
+                self._process(frame)
+            except Exception:   # a library failure on one frame must not stop the node
+                self._failed += 1
+                self._failures_in_a_row += 1
+                # Once per burst: the first failure with its traceback, the rest only counted.
+                if self._failures_in_a_row == 1:
+                    self.get_logger().error(
+                        f"processing a frame failed ({self._failed} failed since activation; "
+                        f"further failures are counted until a frame succeeds):\n"
+                        f"{traceback.format_exc()}")
+                continue
+            if self._failures_in_a_row:
+                self.get_logger().info(f"processing recovered after {self._failures_in_a_row} "
+                                       f"failed frame(s)")
+                self._failures_in_a_row = 0
+
+    def _process(self, frame: Frame) -> None:
+        result = self._pipeline.process(frame.image, frame.color)
+        latency_ms = (time.monotonic() - frame.arrival) * 1000.0
         self._latencies_ms.append(latency_ms)
         self._processed += 1
 
-        header = message.header
+        header = frame.header
+        height, width = frame.image.shape[:2]
         expressions = frame_message(result, stamp_sec=header.stamp.sec,
                                     stamp_nanosec=header.stamp.nanosec,
-                                    frame_id=header.frame_id, width=image.shape[1],
-                                    height=image.shape[0], latency_ms=latency_ms)
+                                    frame_id=header.frame_id, width=width,
+                                    height=height, latency_ms=latency_ms)
         self._outputs["expressions"].publish(String(data=json.dumps(expressions)))
         face = largest_face(result)
         if face is not None:
             self._outputs["expression"].publish(String(data=face.label))
         if "debug_image" in self._outputs:
             debug_image = Image(header=header)
-            fill_image(debug_image, draw_faces(as_bgr(image, color), result), "bgr8")
+            fill_image(debug_image, draw_faces(as_bgr(frame.image, frame.color), result), "bgr8")
             self._outputs["debug_image"].publish(debug_image)
 
     # Diagnostics (executor thread)
@@ -325,7 +367,7 @@ class ExpressionNode(Node):
         now = time.monotonic()
         last_time, last_received, last_processed = self._last_report
         elapsed = max(now - last_time, 1e-9)
-        received, processed = self._frames.received, self._processed
+        received, processed = self._received, self._processed
         self._last_report = (now, received, processed)
 
         latencies = list(self._latencies_ms)
@@ -340,10 +382,12 @@ class ExpressionNode(Node):
             "frames received": received,
             "frames processed": processed,
             "frames skipped": self._frames.skipped,
-            "frames rejected": self._rejected,
+            "frames rejected": sum(self._rejected.values()),
+            **{f"rejected: {reason}": count for reason, count in self._rejected.items()},
             "frames failed": self._failed,
             "latency p50 (ms)": f"{p50:.1f}",
             "latency p95 (ms)": f"{p95:.1f}",
+            "faces tracked": self._pipeline.tracked_faces,
             "provider": classifier.provider,
             "model": str(classifier.model_path),
         }
@@ -353,14 +397,18 @@ class ExpressionNode(Node):
         self._diagnostics_publisher.publish(diagnostics)
 
     def _health(self, now: float) -> tuple[bytes, str]:
-        if not self._active:
-            return DiagnosticStatus.OK, "inactive"
-        last_image = max(self._frames.last_arrival or 0.0, self._activated_at)
-        silent_s = now - last_image
-        if silent_s > self._no_image_warn_after:
-            return (DiagnosticStatus.WARN,
-                    f"no image received on {self._subscription.topic_name} for {silent_s:.0f} s")
-        return DiagnosticStatus.OK, "processing the newest frames"
+        """WARN with every reason that holds (no images, CUDA asked for but not used), else OK."""
+        warnings = []
+        if self._pipeline.classifier.provider_warning:
+            warnings.append(self._pipeline.classifier.provider_warning)
+        if self._active:
+            silent_s = now - (self._last_arrival or self._activated_at)
+            if silent_s > self._no_image_warn_after:
+                warnings.append(f"no image received on {self._subscription.topic_name} "
+                                f"for {silent_s:.0f} s")
+        if warnings:
+            return DiagnosticStatus.WARN, "; ".join(warnings)
+        return DiagnosticStatus.OK, "processing the newest frames" if self._active else "inactive"
 
 
 def _start(node: ExpressionNode) -> bool:

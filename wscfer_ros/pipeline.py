@@ -114,6 +114,11 @@ class Pipeline:
                    "classify": classified - cropped, "track": tracked - classified}
         return FrameResult(faces, {stage: seconds * 1000.0 for stage, seconds in timings.items()})
 
+    @property
+    def tracked_faces(self) -> int:
+        """Faces the tracker remembers (expired ones are freed)."""
+        return self._tracker.track_count
+
     def reset(self) -> None:
         """Forget the tracks and the detector's state, e.g. between unrelated images."""
         self._tracker.reset()

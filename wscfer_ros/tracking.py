@@ -63,6 +63,11 @@ class FaceTracker:
         """Forget all tracks; the next faces get new ids."""
         self._tracks = []
 
+    @property
+    def track_count(self) -> int:
+        """Live tracks: faces seen within the last ``max_missed_frames`` frames."""
+        return len(self._tracks)
+
     def update(self, boxes: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Match this frame's faces to the tracks.
 
