@@ -1,19 +1,23 @@
-"""The trainer: a tiny model learns, resume is exact, DDP gathers negatives across ranks."""
+"""The trainer: a tiny model learns, resume is exact (also after kill -9), DDP gathers negatives across ranks."""
 import json
 import os
 from pathlib import Path
+import random
+import signal
 import subprocess
 import sys
+import time
 
 import cv2
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from wscfer_train.config import load_config
 from wscfer_train.losses import objective
 from wscfer_train.model import build_model, load_init
-from wscfer_train.trainer import Checkpoints, atomic_save, train
+from wscfer_train.trainer import Checkpoints, atomic_save, main, restore_rng, train
 
 CLASSES = ["angry", "happy", "sad"]
 TINY_MODEL = {"arch": "resnet10", "width": 8, "stem": "imagenet", "proj_dim": 16, "init": None}
@@ -31,15 +35,52 @@ def write_folder_dataset(root, per_class=8, size=24, seed=0):
     return {"format": "folder", "root": str(root), "class_map": {name: name for name in CLASSES}}
 
 
-@pytest.fixture
-def tiny_config(tmp_path):
-    spec = write_folder_dataset(tmp_path / "faces")
+def make_tiny_config(folder: Path) -> dict:
+    """Two epochs of a tiny model on a tiny dataset, written under ``folder``; the run goes to ``folder/run``."""
+    spec = write_folder_dataset(folder / "faces")
     cfg = load_config(None, [
-        f"run.out_dir={tmp_path / 'run'}", "data.size=24", "optim.batch_size=4", "optim.epochs=2",
+        f"run.out_dir={folder / 'run'}", "data.size=24", "optim.batch_size=4", "optim.epochs=2",
         "optim.warmup_epochs=0.5", "train.threads=1", "train.eval_batch_size=8", "loss.aux=wscfer"])
     cfg["data"]["train"] = cfg["data"]["val"] = spec
     cfg["model"] = dict(TINY_MODEL)
     return cfg
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    return make_tiny_config(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory) -> tuple[dict, dict]:
+    """A tiny run trained start to end without interruption: its config and its final weights.
+
+    Batches of 2 make 12 steps an epoch, with a checkpoint every 3 steps, so
+    the tests that interrupt a copy of it can stop well inside an epoch.
+    """
+    cfg = make_tiny_config(tmp_path_factory.mktemp("reference"))
+    cfg["optim"]["batch_size"] = 2
+    cfg["train"]["checkpoint_steps"] = 3
+    train(cfg)
+    return cfg, final_weights(Path(cfg["run"]["out_dir"]))
+
+
+def copy_to(cfg: dict, out_dir: Path) -> dict:
+    """The same training, writing its run to ``out_dir``."""
+    copy = json.loads(json.dumps(cfg))
+    copy["run"]["out_dir"] = str(out_dir)
+    return copy
+
+
+def final_weights(run: Path) -> dict:
+    """The model of a run's newest checkpoint, loaded weights-only as --resume loads it."""
+    return torch.load(Checkpoints(run / "checkpoints", 2).paths()[-1], weights_only=True)["model"]
+
+
+def assert_same_weights(actual: dict, expected: dict) -> None:
+    assert actual.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(actual[name], tensor), name
 
 
 def test_tiny_model_overfits_one_batch():
@@ -72,37 +113,153 @@ def test_training_run_writes_metrics_best_checkpoint_and_csv(tiny_config, tmp_pa
     assert 0.0 <= best["accuracy"] <= 1.0
     rows = (run / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 2 and rows[0].startswith("epoch,step,lr,loss")
-    saved = torch.load(run / "best.pt", weights_only=False)
+    saved = torch.load(run / "best.pt", weights_only=True)
     assert saved["meta"]["class_names"] == CLASSES and saved["meta"]["input_size"] == [24, 24]
     assert len(list((run / "checkpoints").glob("ckpt-*.pt"))) == 2
     assert list((run / "tb").iterdir()), "TensorBoard events written"
 
 
-def test_resume_after_interruption_matches_uninterrupted_run(tiny_config, tmp_path):
-    train(tiny_config)
-    uninterrupted = torch.load(tmp_path / "run" / "best.pt", weights_only=False)["model"]
-    final_uninterrupted = torch.load(Checkpoints(tmp_path / "run" / "checkpoints", 2).paths()[-1],
-                                     weights_only=False)["model"]
-
-    interrupted = json.loads(json.dumps(tiny_config))
-    interrupted["run"]["out_dir"] = str(tmp_path / "run2")
-    interrupted["train"]["max_steps"] = 3           # stop mid-epoch 1 (6 steps per epoch)
+def test_resume_after_interruption_matches_uninterrupted_run(reference_run, tmp_path):
+    cfg, uninterrupted = reference_run
+    interrupted = copy_to(cfg, tmp_path / "run")
+    interrupted["train"]["max_steps"] = 4           # stop mid-epoch 1 (12 steps per epoch), saving there
     train(interrupted)
-    assert not (tmp_path / "run2" / "best.json").exists(), "an interrupted run is not marked finished"
+    assert not (tmp_path / "run" / "best.json").exists(), "an interrupted run is not marked finished"
     interrupted["train"]["max_steps"] = 0
     train(interrupted, resume=True)
-    final_resumed = torch.load(Checkpoints(tmp_path / "run2" / "checkpoints", 2).paths()[-1],
-                               weights_only=False)["model"]
-    for name, tensor in final_uninterrupted.items():
-        assert torch.equal(tensor, final_resumed[name]), name
-    assert uninterrupted.keys() == final_resumed.keys()
+    assert_same_weights(final_weights(tmp_path / "run"), uninterrupted)
 
 
-def test_resume_skips_a_corrupt_newest_checkpoint(tmp_path):
+def test_kill_9_mid_epoch_then_resume_matches_uninterrupted_run(reference_run, tmp_path):
+    """A real SIGKILL to a real wscfer-train process, once its first mid-epoch checkpoint is on disk."""
+    cfg, uninterrupted = reference_run
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(copy_to(cfg, tmp_path / "run")))
+    folder = tmp_path / "run" / "checkpoints"
+    with open(tmp_path / "killed.log", "w") as output:
+        process = subprocess.Popen([sys.executable, "-m", "wscfer_train.trainer", "--config", str(config)],
+                                   env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=output, stderr=output)
+        deadline = time.monotonic() + 240
+        while not list(folder.glob("ckpt-*.pt")) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
+    written = Checkpoints(folder, 2).paths()
+    assert written, "no checkpoint was on disk when the process was killed"
+    assert torch.load(written[-1], weights_only=True)["step"] > 0, "killed in the middle of an epoch"
+    assert not (tmp_path / "run" / "best.json").exists()
+
+    assert main(["--config", str(config), "--resume"]) == 0
+    assert_same_weights(final_weights(tmp_path / "run"), uninterrupted)
+    assert not list((tmp_path / "run").rglob("*.tmp")), "a save cut short by the kill leaves nothing behind"
+
+
+def test_resume_falls_back_past_a_corrupt_newest_checkpoint_and_still_matches(reference_run, tmp_path, caplog):
+    cfg, uninterrupted = reference_run
+    interrupted = copy_to(cfg, tmp_path / "run")
+    interrupted["train"]["max_steps"] = 7           # checkpoints after steps 6 and 7 are kept
+    train(interrupted)
+    folder = tmp_path / "run" / "checkpoints"
+    newest = folder / "ckpt-000000007.pt"
+    newest.write_bytes(newest.read_bytes()[:5000])
+    interrupted["train"]["max_steps"] = 0
+    with caplog.at_level("INFO", logger="wscfer_train"):
+        train(interrupted, resume=True)
+    assert f"checkpoint {newest} (5000 bytes) is unreadable" in caplog.text
+    assert f"resuming from {folder / 'ckpt-000000006.pt'}" in caplog.text
+    assert_same_weights(final_weights(tmp_path / "run"), uninterrupted)
+
+
+def corrupt(path: Path, damage: str) -> None:
+    """Damage a checkpoint file as a crash, a full disk or a bad copy might."""
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "random bytes":
+        path.write_bytes(np.random.default_rng(0).bytes(path.stat().st_size))
+    else:
+        path.write_bytes(b"")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random bytes", "empty"])
+def test_resume_skips_a_corrupt_newest_checkpoint_and_names_it(damage, tmp_path, caplog):
     checkpoints = Checkpoints(tmp_path, keep=2)
     checkpoints.save({"global_step": 1, "epoch": 0, "step": 1, "value": "good"})
-    (tmp_path / "ckpt-000000002.pt").write_bytes(b"truncated")
+    newest = checkpoints.save({"global_step": 2, "epoch": 0, "step": 2, "value": torch.zeros(1000)})
+    corrupt(newest, damage)
+    with caplog.at_level("WARNING", logger="wscfer_train"):
+        assert checkpoints.load_newest("cpu")["value"] == "good"
+    assert f"checkpoint {newest}" in caplog.text and "is unreadable, skipped" in caplog.text
+
+
+def test_resume_with_only_corrupt_checkpoints_exits_1_with_a_clear_message(tiny_config, tmp_path):
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    Checkpoints(folder, keep=2).save({"global_step": 3, "epoch": 0, "step": 3})
+    corrupt(folder / "ckpt-000000003.pt", "truncated")
+    (folder / "ckpt-000000006.pt").write_bytes(np.random.default_rng(0).bytes(4000))
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(tiny_config))
+    done = subprocess.run([sys.executable, "-m", "wscfer_train.trainer", "--config", str(config), "--resume"],
+                          capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 3, done.stderr           # two warnings, one error: nothing else
+    assert "ckpt-000000006.pt (4000 bytes) is unreadable, skipped: UnpicklingError" in lines[0]
+    assert "ckpt-000000003.pt" in lines[1] and "is unreadable, skipped: RuntimeError" in lines[1]
+    assert "ERROR --resume: none of the checkpoints in" in lines[2]
+    assert "ckpt-000000003.pt, ckpt-000000006.pt" in lines[2]
+
+
+def test_a_crash_while_saving_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    checkpoints = Checkpoints(tmp_path, keep=2)
+    checkpoints.save({"global_step": 3, "epoch": 0, "step": 3, "value": "good"})
+
+    def crash_half_way(obj, stream):
+        stream.write(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "save", crash_half_way)
+        with pytest.raises(OSError, match="No space"):
+            checkpoints.save({"global_step": 6, "epoch": 0, "step": 6, "value": "lost"})
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["ckpt-000000003.pt", "ckpt-000000006.pt.tmp"]
     assert checkpoints.load_newest("cpu")["value"] == "good"
+    checkpoints.save({"global_step": 9, "epoch": 0, "step": 9, "value": "next"})
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["ckpt-000000003.pt", "ckpt-000000009.pt"]
+
+
+def test_every_file_the_trainer_writes_loads_weights_only(reference_run):
+    run = Path(reference_run[0]["run"]["out_dir"])
+    files = [run / "best.pt", *sorted((run / "checkpoints").iterdir())]
+    assert len(files) == 3
+    for path in files:
+        state = torch.load(path, weights_only=True)    # no allow-list: plain tensors and Python values
+        assert {"model", "meta", "config"} <= state.keys(), path
+    assert not list(run.rglob("*.tmp"))
+
+
+def test_a_checkpoint_from_before_weights_only_files_still_resumes(tmp_path):
+    """Older checkpoints hold numpy's generator state as an array: still loaded weights-only, and restored."""
+    np.random.seed(7)
+    random.seed(7)
+    rng = {"augment": torch.Generator().manual_seed(1).get_state(), "torch": torch.get_rng_state(),
+           "numpy": np.random.get_state(), "python": random.getstate()}
+    expected = (np.random.random(), random.random())
+    torch.save({"global_step": 1, "epoch": 0, "step": 1, "rng": rng}, tmp_path / "ckpt-000000001.pt")
+    np.random.seed(8)
+    random.seed(8)
+    restore_rng(Checkpoints(tmp_path, keep=2).load_newest("cpu")["rng"], torch.Generator())
+    assert (np.random.random(), random.random()) == expected
+
+
+def test_validation_classes_unlike_the_training_classes_are_refused_before_training(tiny_config, tmp_path):
+    tiny_config["data"]["val"] = {**tiny_config["data"]["val"],
+                                  "class_map": {"angry": "angry", "happy": "happy", "sad": None}}
+    with pytest.raises(ValueError, match=r"validation set's classes \['angry', 'happy'\] differ"):
+        train(tiny_config)
+    assert not list((tmp_path / "run").rglob("*.pt"))
 
 
 def test_atomic_save_leaves_no_partial_file(tmp_path):
@@ -171,7 +328,6 @@ def test_torchrun_training_on_two_cpu_processes(tiny_config, tmp_path):
     config_path = tmp_path / "ddp.yaml"
     tiny_config["optim"]["epochs"] = 1
     tiny_config["run"]["out_dir"] = str(tmp_path / "ddp_run")
-    import yaml
     config_path.write_text(yaml.safe_dump(tiny_config))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",

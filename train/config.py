@@ -33,7 +33,10 @@ DEFAULTS: dict = {
     "optim": {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "batch_size": 128,
               "epochs": 30, "warmup_epochs": 1.0},
     "augment": {},              # overrides of wscfer_train.augment.DEFAULTS
-    "train": {"device": "auto", "amp": True, "threads": 0, "checkpoint_minutes": 10.0, "keep_checkpoints": 2,
+    "train": {"device": "auto", "amp": True, "threads": 0,
+              "checkpoint_minutes": 10.0,   # a mid-epoch checkpoint at most this long after the last one
+              "checkpoint_steps": 0,        # and one every N global steps (0: only by time and at epoch ends)
+              "keep_checkpoints": 2,        # rolling checkpoints kept; --resume falls back to an older one
               "eval_batch_size": 512, "max_steps": 0},
 }
 

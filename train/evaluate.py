@@ -65,9 +65,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     """The network of a ``best.pt`` in eval mode, its ``meta`` and its training config.
 
     Loaded with ``weights_only=True``: reading a checkpoint never runs code
-    from it.  The rolling training checkpoints (``checkpoints/ckpt-*.pt``) also
-    hold random generator states that only a full unpickle restores, so they
-    are refused with a message pointing at ``best.pt``.
+    from it.  A rolling training checkpoint (``checkpoints/ckpt-*.pt``) loads
+    too; one written before those were weights-only files holds numpy's
+    generator state and is refused with a message pointing at ``best.pt``.
     """
     path = Path(path)
     if not path.is_file():

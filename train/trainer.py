@@ -10,7 +10,11 @@ see ``losses.objective``.  The run folder holds ``config.yaml``,
 events in ``tb/``, rolling checkpoints in ``checkpoints/`` and ``best.pt``
 (the epoch with the best validation accuracy).  ``--resume`` continues from
 the newest readable checkpoint exactly where it stopped: model, optimiser,
-schedule, grad scaler, random generators and position in the epoch.
+schedule, grad scaler, random generators and position in the epoch.  A
+checkpoint is written to a temporary file and renamed, so a crash or
+``kill -9`` never leaves half of one; a corrupt one is reported and the one
+before it used.  Every file the trainer writes loads with
+``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
@@ -78,6 +82,9 @@ def load_data(cfg: dict, rank: int):
     root = data_root()
     train = load_dataset(data["train"], size=data["size"], color=data["color"], data_root=root)
     val = load_dataset(data["val"], size=data["size"], color=data["color"], data_root=root)
+    if val.class_names != train.class_names:   # found now, not by the first evaluation an epoch later
+        raise ValueError(f"the validation set's classes {val.class_names} differ from the training set's "
+                         f"{train.class_names}")
     if data["limit"]:
         keep = np.random.default_rng(cfg["run"]["seed"]).permutation(len(train.labels))[: data["limit"]]
         train.images, train.labels = train.images[keep], train.labels[keep]
@@ -132,6 +139,15 @@ def atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+class CheckpointError(RuntimeError):
+    """No checkpoint of the run can be resumed from."""
+
+
+# Checkpoints written before they became weights-only files hold numpy's generator
+# state as an array; these are the numpy types that state needs, nothing else.
+_LEGACY_NUMPY_GLOBALS = [np.core.multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType]
+
+
 class Checkpoints:
     """Rolling training checkpoints ``ckpt-<step>.pt``: the newest ``keep`` are kept."""
 
@@ -145,21 +161,68 @@ class Checkpoints:
     def save(self, state: dict) -> Path:
         path = self.folder / f"ckpt-{state['global_step']:09d}.pt"
         atomic_save(state, path)
-        for old in self.paths()[: -self.keep]:
+        # A process killed while saving leaves its temporary file behind; nothing reads it.
+        for old in self.paths()[: -self.keep] + list(self.folder.glob("ckpt-*.pt.tmp")):
             old.unlink()
         return path
 
     def load_newest(self, device) -> dict | None:
-        """The newest checkpoint that loads; an unreadable one is reported and skipped."""
-        for path in reversed(self.paths()):
+        """The newest checkpoint that loads (weights-only); None when there is none at all.
+
+        An unreadable checkpoint is reported and the previous one tried; when
+        none of them loads, CheckpointError names them all.
+        """
+        paths = self.paths()
+        for path in reversed(paths):
             try:
-                state = torch.load(path, map_location=device, weights_only=False)
-            except Exception as error:  # a truncated or corrupt file: fall back to the previous one
-                log.warning("checkpoint %s is unreadable (%s), trying the previous one", path, error)
+                with torch.serialization.safe_globals(_LEGACY_NUMPY_GLOBALS):
+                    state = torch.load(path, map_location=device, weights_only=True)
+            except Exception as error:  # torch raises many types for a truncated or corrupt file
+                log.warning("checkpoint %s (%d bytes) is unreadable, skipped: %s", path, path.stat().st_size,
+                            _reason(error))
                 continue
             log.info("resuming from %s (epoch %d, step %d)", path, state["epoch"], state["step"])
             return state
+        if paths:
+            raise CheckpointError(f"--resume: none of the checkpoints in {self.folder} is readable "
+                                  f"({', '.join(path.name for path in paths)}); move them away to start "
+                                  "the run from scratch")
         return None
+
+
+def _reason(error: Exception) -> str:
+    """One line for a failed torch.load: torch wraps the unpickler's complaint in a paragraph of advice."""
+    detail = str(error).partition("WeightsUnpickler error:")[2] or str(error)
+    first = detail.strip().split("\n")[0].split(". ")[0]
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
+def rng_states(aug_generator: torch.Generator) -> dict:
+    """Every random generator training draws from, as tensors and plain values (weights-only loadable)."""
+    _, key, pos, has_gauss, gauss = np.random.get_state()
+    return {"augment": aug_generator.get_state(), "torch": torch.get_rng_state(),
+            "numpy": {"key": torch.from_numpy(key.astype(np.int64)), "pos": pos, "has_gauss": has_gauss,
+                      "gauss": gauss},
+            "python": random.getstate()}
+
+
+def restore_rng(states: dict, aug_generator: torch.Generator) -> None:
+    """Set the generators to the states :func:`rng_states` saved."""
+    aug_generator.set_state(states["augment"].cpu())
+    torch.set_rng_state(states["torch"].cpu())
+    numpy = states["numpy"]
+    if isinstance(numpy, dict):   # else the tuple itself, from a checkpoint older than weights-only files
+        numpy = ("MT19937", numpy["key"].cpu().numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
+                 numpy["gauss"])
+    np.random.set_state(numpy)
+    random.setstate(states["python"])
+
+
+def checkpoint_due(train_cfg: dict, global_step: int, last_save: float) -> bool:
+    """Whether a mid-epoch checkpoint is due after ``global_step`` steps (``train.checkpoint_*``)."""
+    every = train_cfg["checkpoint_steps"]
+    return (bool(every) and global_step % every == 0) or \
+        time.monotonic() - last_save > 60 * train_cfg["checkpoint_minutes"]
 
 
 # ---------------------------------------------------------------- the loop
@@ -181,6 +244,11 @@ def train(cfg: dict, resume: bool = False) -> dict:
     seed = cfg["run"]["seed"]
     seed_everything(seed + rank)
     out_dir = Path(cfg["run"]["out_dir"])
+    checkpoints = Checkpoints(out_dir / "checkpoints", cfg["train"]["keep_checkpoints"])
+    # Before the data: a run that cannot resume stops in seconds, not after decoding the dataset.
+    state = checkpoints.load_newest(device) if resume else None
+    if resume and state is None:
+        log.info("--resume: no checkpoint in %s, starting from scratch", checkpoints.folder)
     train_set, val_set, noise = load_data(cfg, rank)
     data_cfg, optim, loss_cfg = cfg["data"], cfg["optim"], cfg["loss"]
     if data_cfg["mean"] is None or data_cfg["std"] is None:
@@ -214,20 +282,13 @@ def train(cfg: dict, resume: bool = False) -> dict:
             "dataset": train_set.name, "epochs": optim["epochs"], "loss": loss_cfg["aux"],
             "arch": f"{cfg['model']['arch']}-w{cfg['model']['width']}-{cfg['model']['stem']}",
             "label_noise": noise}
-    checkpoints = Checkpoints(out_dir / "checkpoints", cfg["train"]["keep_checkpoints"])
     start_epoch, start_step, best = 0, 0, {"accuracy": -1.0}
-    state = checkpoints.load_newest(device) if resume else None
-    if resume and state is None:
-        log.info("--resume: no checkpoint in %s, starting from scratch", checkpoints.folder)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        aug_generator.set_state(state["rng"]["augment"].cpu())
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
+        restore_rng(state["rng"], aug_generator)
         start_epoch, start_step, best = state["epoch"], state["step"], state["best"]
         meta["mean"], meta["std"] = state["meta"]["mean"], state["meta"]["std"]
     if rank == 0:
@@ -249,8 +310,7 @@ def train(cfg: dict, resume: bool = False) -> dict:
     def snapshot(epoch: int, step: int) -> dict:
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "rng": {"augment": aug_generator.get_state(), "torch": torch.get_rng_state(),
-                        "numpy": np.random.get_state(), "python": random.getstate()},
+                "rng": rng_states(aug_generator),
                 "epoch": epoch, "step": step, "global_step": epoch * steps_per_epoch + step,
                 "best": best, "meta": meta, "config": cfg}
 
@@ -293,7 +353,7 @@ def train(cfg: dict, resume: bool = False) -> dict:
                 bar.set_postfix(loss=f"{float(sums['loss']) / count:.3f}", img_s=f"{rate:.0f}")
             interrupted = bool(max_steps) and steps_this_run >= max_steps
             if rank == 0 and step + 1 < steps_per_epoch and (
-                    interrupted or time.monotonic() - last_save > 60 * cfg["train"]["checkpoint_minutes"]):
+                    interrupted or checkpoint_due(cfg["train"], epoch * steps_per_epoch + step + 1, last_save)):
                 checkpoints.save(snapshot(epoch, step + 1))
                 last_save = time.monotonic()
             if interrupted:
@@ -349,7 +409,11 @@ def main(argv=None) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.init:
         cfg["model"]["init"] = args.init
-    best = train(cfg, resume=args.resume)
+    try:
+        best = train(cfg, resume=args.resume)
+    except CheckpointError as error:
+        log.error("%s", error)
+        return 1
     print(json.dumps(best))
     return 0
 
