@@ -299,7 +299,7 @@ class Bench:
                 raise BenchmarkError("the publisher exited before publishing") from None
             report = json.loads(self._expect(lines, None, seconds + 120))
             cpu_s = self.node.cpu_seconds() - cpu_before
-            after = self._settled_counters(time.monotonic())
+            after = self.settled_counters(time.monotonic())
         finally:
             with contextlib.suppress(BrokenPipeError):   # the publisher may have died
                 publisher.stdin.close()
@@ -328,7 +328,7 @@ class Bench:
             raise BenchmarkError(f"publisher said {line!r} instead of {expected or 'its report'}:\n{log}")
         return line
 
-    def _settled_counters(self, published_at: float) -> dict[str, int]:
+    def settled_counters(self, published_at: float) -> dict[str, int]:
         """The node's counters once it is idle: two diagnostics after ``published_at`` agree, none pending."""
         def settled() -> bool:
             counters = self.observer.counters(after=published_at)

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import cv2
 import numpy as np
@@ -249,6 +250,12 @@ def test_camera_silence_warns_and_frames_coming_back_clear_it(client, ros_dir, m
         assert len(node.send_and_wait(image_message(frames[0]), stamp=7000)["faces"]) == 1
         node.wait_until(lambda: node.status() == (DiagnosticStatus.OK, "processing the newest frames"),
                         "diagnostics back to OK once frames arrive")
+
+        # The camera stops again: WARN after no_image_warn_after (0.5 s), reported at the
+        # next diagnostics (every 0.2 s), with a margin for a busy machine.
+        stopped = time.monotonic()
+        node.wait_until(lambda: node.status()[0] == DiagnosticStatus.WARN, "WARN again")
+        assert time.monotonic() - stopped < 0.5 + 0.2 + 1.5
     finally:
         assert process.stop(signal.SIGTERM) == 0
     assert "Traceback" not in process.output()
