@@ -173,17 +173,8 @@ class ExpressionNode(Node):
         self._diagnostics_publisher = None
         self._diagnostics_timer = None
         self._active = False
-        self._activated_at = 0.0
-        # Frame counters, cumulative since activation.  The callback (executor
-        # thread) writes received/rejected, the worker processed/failed.
-        self._received = 0
-        self._rejected = dict.fromkeys(REJECTION_REASONS, 0)
-        self._processed = 0
-        self._failed = 0
-        self._failures_in_a_row = 0
-        self._last_arrival: float | None = None
         self._latencies_ms = deque(maxlen=LATENCY_WINDOW)
-        self._last_report = (time.monotonic(), 0, 0)   # time, received, processed
+        self._reset_counters()
         # Declared last: a parameter of the wrong type raises here, and the
         # node must already be complete for rclpy to destroy it.
         for name, (default, description) in PARAMETERS.items():
@@ -269,15 +260,20 @@ class ExpressionNode(Node):
         self._no_image_warn_after = self._parameter("no_image_warn_after")
 
     def _reset_counters(self) -> None:
+        """Start the frame counters, which count since activation.
+
+        The callback (executor thread) writes received and rejected, the
+        worker processed and failed; the diagnostics timer only reads them.
+        """
         self._received = 0
         self._rejected = dict.fromkeys(REJECTION_REASONS, 0)
         self._processed = 0
         self._failed = 0
         self._failures_in_a_row = 0
-        self._last_arrival = None
+        self._last_arrival: float | None = None   # time.monotonic() of the newest message
         self._latencies_ms.clear()
         self._activated_at = time.monotonic()
-        self._last_report = (self._activated_at, 0, 0)
+        self._last_report = (self._activated_at, 0, 0)   # time, received, processed
 
     def _stop_processing(self) -> None:
         if self._subscription is not None:
