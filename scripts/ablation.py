@@ -59,13 +59,17 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default=str(REPO / "config" / "train_fer2013.yaml"))
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "ablation")
     parser.add_argument("--table", type=Path, help="markdown file for the table (default: <out>/<schedule>.md)")
+    parser.add_argument("--rows", nargs="+", choices=[name for name, _, _ in ROWS], metavar="ROW",
+                        help="run only these rows (default: all), e.g. to try a PCL setting: "
+                             "--rows WSCFER --out runs/pcl_try loss.lambda_pcl=0.1")
     parser.add_argument("overrides", nargs="*", help="extra key=value overrides applied to every run")
     args = parser.parse_args(argv)
     schedule = SCHEDULES[args.schedule] + args.overrides
+    rows = [row for row in ROWS if not args.rows or row[0] in args.rows]
     lines = [f"Schedule `{args.schedule}`: `{' '.join(schedule)}` on top of `{Path(args.config).name}`; "
              f"seeds 0..{args.seeds - 1}; FER2013 train -> PublicTest (val), mean ± std over seeds.", "",
              "| run | val accuracy (%) | mean per-class recall (%) |", "|---|---|---|"]
-    for name, aux, noise in ROWS:
+    for name, aux, noise in rows:
         results = [run_one(args.config, args.out / args.schedule / f"{aux}-noise{noise:g}-seed{seed}",
                            aux, noise, seed, schedule) for seed in range(args.seeds)]
         lines.append(f"| {name} | {mean_std([r['accuracy'] for r in results])} | "
