@@ -66,10 +66,20 @@ def connect(client):
         node.close()
 
 
-def start_node(ros_dir: Path, model_file: Path, namespace: str, *ros_args: str) -> NodeProcess:
-    return NodeProcess("node", ["-r", f"__ns:={namespace}", "-p", f"model_path:={model_file}",
-                                *TEST_PARAMETERS, *ros_args],
-                       ros_dir / f"{namespace.strip('/')}.log")
+@pytest.fixture
+def start_node(ros_dir, model_file):
+    """Starts wscfer_node processes (the tiny model unless told); kills any left when the test ends."""
+    started = []
+
+    def start(namespace: str, *ros_args: str, model: Path = model_file) -> NodeProcess:
+        started.append(NodeProcess("node", ["-r", f"__ns:={namespace}", "-p", f"model_path:={model}",
+                                            *TEST_PARAMETERS, *ros_args],
+                                   ros_dir / f"{namespace.strip('/')}.log"))
+        return started[-1]
+    yield start
+    for process in started:
+        if process.running():   # a test failed before it stopped its node
+            process.stop(signal.SIGKILL)
 
 
 # Malformed messages, each with the rejection reason the node must count.
@@ -173,10 +183,10 @@ def good_compressed(frame: np.ndarray, extension: str) -> CompressedImage:
 
 @pytest.mark.parametrize("input_kind", ["raw", "compressed"])
 def test_malformed_messages_are_counted_by_kind_and_every_good_frame_answered(
-        connect, ros_dir, model_file, frames, input_kind):
+        start_node, connect, frames, input_kind):
     compressed = input_kind == "compressed"
     namespace = f"/fuzz_{input_kind}"
-    process = start_node(ros_dir, model_file, namespace, "-p", f"input:={input_kind}")
+    process = start_node(namespace, "-p", f"input:={input_kind}")
     node = connect(process, namespace=namespace, compressed=compressed)
     rng = np.random.default_rng(7)
     encoded = {"jpeg": bytes(jpeg_message(frames[0]).data),
@@ -212,8 +222,8 @@ def test_malformed_messages_are_counted_by_kind_and_every_good_frame_answered(
 
 # Faults
 
-def test_cuda_requested_without_a_gpu_runs_on_cpu_and_warns(connect, ros_dir, model_file, frames):
-    process = start_node(ros_dir, model_file, "/cuda", "-p", "providers:=cuda")
+def test_cuda_requested_without_a_gpu_runs_on_cpu_and_warns(start_node, connect, frames):
+    process = start_node("/cuda", "-p", "providers:=cuda")
     node = connect(process, namespace="/cuda")
     try:
         node.wait_until(lambda: node.counts(), "the first diagnostics", STARTUP_TIMEOUT_S)
@@ -242,10 +252,10 @@ def set_parameter(client: RosClient, process: NodeProcess, fqn: str, name: str, 
     return future.result().results[0].successful
 
 
-def test_missing_model_fails_configure_under_a_lifecycle_manager(connect, client, ros_dir, model_file,
-                                                                 frames):
+def test_missing_model_fails_configure_under_a_lifecycle_manager(start_node, connect, client, ros_dir,
+                                                                 model_file, frames):
     missing = ros_dir / "not_there.onnx"
-    process = start_node(ros_dir, missing, "/managed_bad", "-p", "autostart:=false")
+    process = start_node("/managed_bad", "-p", "autostart:=false", model=missing)
     node = connect(process, namespace="/managed_bad")
     manager = LifecycleManager(client, process, node.fqn)
     try:
@@ -326,8 +336,8 @@ def test_an_exception_in_one_frame_is_counted_logged_once_and_the_next_frame_pro
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_stops_a_busy_node_within_2_s(connect, ros_dir, model_file, frames, signum):
-    process = start_node(ros_dir, model_file, f"/signal_{signum}")
+def test_a_signal_stops_a_busy_node_within_2_s(start_node, connect, frames, signum):
+    process = start_node(f"/signal_{signum}")
     node = connect(process, namespace=f"/signal_{signum}")
     node.wait_until_subscribed()
     node.send_and_wait(image_message(frames[0]), stamp=0)
@@ -345,8 +355,8 @@ def process_resources(pid: int) -> dict[str, int]:
             "fds": len(list(Path(f"/proc/{pid}/fd").iterdir()))}
 
 
-def test_deactivate_activate_cycles_leak_nothing(connect, client, ros_dir, model_file, frames):
-    process = start_node(ros_dir, model_file, "/cycled")
+def test_deactivate_activate_cycles_leak_nothing(start_node, connect, client, frames):
+    process = start_node("/cycled")
     node = connect(process, namespace="/cycled")
     manager = LifecycleManager(client, process, node.fqn)
 
