@@ -42,7 +42,7 @@ setup(
             "ros-diagnostic-msgs",
         ],
         "train": [
-            "torch>=2.1",
+            "torch>=2.5",
             "onnx",
             "tensorboard",
             "matplotlib",

@@ -367,3 +367,16 @@ def test_init_loads_matching_backbone_weights_and_reports_the_rest(tmp_path):
     assert report["mismatched"] == []
     assert torch.equal(model.backbone.layer1[0].conv1.weight, donor.backbone.layer1[0].conv1.weight)
     assert torch.allclose(model.backbone.conv1.weight, donor.backbone.conv1.weight.sum(1, keepdim=True))
+
+
+def test_a_class_map_naming_an_unknown_class_stops_the_cli_with_one_clear_error(tiny_config, tmp_path,
+                                                                              caplog):
+    tiny_config["data"]["train"] = {**tiny_config["data"]["train"],
+                                    "class_map": {"angry": "angrry", "happy": "happy", "sad": "sad"}}
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(tiny_config))
+
+    assert main(["--config", str(config)]) == 1
+    errors = [record for record in caplog.records if record.levelname == "ERROR"]
+    assert len(errors) == 1 and "unknown class names ['angrry']" in errors[0].getMessage()
+    assert not list((tmp_path / "run").rglob("*.pt"))

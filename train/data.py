@@ -94,6 +94,10 @@ class FaceDataset:
         return "\n".join(lines)
 
 
+class DatasetError(ValueError):
+    """A dataset refused before training starts (bad spec, labels or files); the message says why."""
+
+
 def data_root() -> Path:
     """Where relative dataset roots live: ``$WSCFER_DATA``, else ``../shared/data`` beside the repository."""
     configured = os.environ.get("WSCFER_DATA")
@@ -109,14 +113,14 @@ def load_dataset(spec: dict, *, size: int, color: str, data_root: Path) -> FaceD
     """
     options = dict(spec)
     if "format" not in options or "root" not in options:
-        raise ValueError(f"dataset spec {spec} needs 'format' and 'root'")
+        raise DatasetError(f"dataset spec {spec} needs 'format' and 'root'")
     fmt = options.pop("format")
     if fmt not in _READERS:
-        raise ValueError(f"unknown dataset format {fmt!r}; known: {sorted(_READERS)}")
+        raise DatasetError(f"unknown dataset format {fmt!r}; known: {sorted(_READERS)}")
     if color not in COLORS:
-        raise ValueError(f"color {color!r} is not one of {COLORS}")
+        raise DatasetError(f"color {color!r} is not one of {COLORS}")
     if not isinstance(size, (int, np.integer)) or size < 1:
-        raise ValueError(f"size must be a positive number of pixels, got {size!r}")
+        raise DatasetError(f"size must be a positive number of pixels, got {size!r}")
     reader = _READERS[fmt]
     root = Path(options.pop("root")).expanduser()
     _check_options(fmt, reader, options)
@@ -127,7 +131,7 @@ def load_dataset(spec: dict, *, size: int, color: str, data_root: Path) -> FaceD
     started = time.perf_counter()
     dataset = reader(root, size, color, **options)
     if not len(dataset):
-        raise ValueError(f"{dataset.name}: no images under {root} (dropped: {dataset.dropped})")
+        raise DatasetError(f"{dataset.name}: no images under {root} (dropped: {dataset.dropped})")
     log.info("%s\n  loaded in %.1f s", dataset.summary(), time.perf_counter() - started)
     return dataset
 
@@ -144,13 +148,13 @@ def flip_labels(labels: np.ndarray, fraction: float, num_classes: int,
     """
     labels = np.asarray(labels)
     if labels.ndim != 1:
-        raise ValueError(f"labels must be one-dimensional, got shape {labels.shape}")
+        raise DatasetError(f"labels must be one-dimensional, got shape {labels.shape}")
     if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+        raise DatasetError(f"fraction must be in [0, 1], got {fraction}")
     if num_classes < 2:
-        raise ValueError(f"flipping needs at least 2 classes, got {num_classes}")
+        raise DatasetError(f"flipping needs at least 2 classes, got {num_classes}")
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
+        raise DatasetError(f"labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
     rng = np.random.default_rng(seed)
     count = round(fraction * len(labels))
     chosen = rng.choice(len(labels), size=count, replace=False)
@@ -213,7 +217,7 @@ def _read_folder(root: Path, size: int, color: str, *,
                  class_map: dict[str, str | None]) -> FaceDataset:
     """``<root>/<folder>/<image>``; ``class_map`` gives every folder's class name, null to skip it."""
     if not isinstance(class_map, dict) or not class_map:
-        raise ValueError("format 'folder' needs class_map: {folder name: class name, or null to skip}")
+        raise DatasetError("format 'folder' needs class_map: {folder name: class name, or null to skip}")
     return _read_class_folders(root, size, color, class_map, name=f"folder:{root.name}")
 
 
@@ -238,7 +242,7 @@ def _read_rafdb(root: Path, size: int, color: str, *, split: str = "train",
         if not fields:
             continue
         if len(fields) != 2 or not fields[1].isdigit():
-            raise ValueError(f"{listing}:{number}: expected '<image name> <label 1-7>', got {text!r}")
+            raise DatasetError(f"{listing}:{number}: expected '<image name> <label 1-7>', got {text!r}")
         file_name, raf_id = fields[0], int(fields[1])
         if not file_name.startswith(split + "_"):
             continue
@@ -348,7 +352,7 @@ def _read_packed(root: Path, size: int, color: str, *, split: str = "train",
     with np.load(path, allow_pickle=False) as pack:
         if f"{split}_labels" not in pack:
             splits = sorted(key[:-len("_labels")] for key in pack.files if key.endswith("_labels"))
-            raise ValueError(f"{path} has no split {split!r}; it holds {splits}")
+            raise DatasetError(f"{path} has no split {split!r}; it holds {splits}")
         encoded, offsets = pack[f"{split}_bytes"], pack[f"{split}_offsets"]
         labels = pack[f"{split}_labels"].astype(np.int64)
         class_names = _canonical([str(name) for name in pack["class_names"]], str(path))
@@ -388,7 +392,7 @@ def _canonical(names: Iterable[str], source: str) -> list[str]:
     canonical = [_ALIASES.get(name, name) for name in names]
     unknown = [name for name, mapped in zip(names, canonical) if mapped not in CANONICAL_CLASSES]
     if unknown:
-        raise ValueError(f"{source}: unknown class names {unknown}; known: {list(CANONICAL_CLASSES)} "
+        raise DatasetError(f"{source}: unknown class names {unknown}; known: {list(CANONICAL_CLASSES)} "
                          f"(also accepted: {sorted(_ALIASES)})")
     return canonical
 
@@ -404,7 +408,7 @@ def _read_class_folders(root: Path, size: int, color: str, class_map: dict[str, 
                      if entry.is_dir() and not entry.name.startswith("."))
     unmapped = [folder for folder in folders if folder not in class_map]
     if unmapped:
-        raise ValueError(f"{root}: folders {unmapped} have no class; known folders: {sorted(class_map)} "
+        raise DatasetError(f"{root}: folders {unmapped} have no class; known folders: {sorted(class_map)} "
                          "(format 'folder': add them to class_map, null skips a folder)")
     used = {folder: cls for folder, cls in class_map.items() if cls is not None}
     canonical_of = dict(zip(used, _canonical(used.values(), f"class map of {root}")))
@@ -560,16 +564,16 @@ def _check_options(fmt: str, reader, options: dict) -> None:
     allowed = {parameter.name for parameter in parameters}
     unknown = sorted(set(options) - allowed)
     if unknown:
-        raise ValueError(f"format {fmt!r} has no options {unknown}; its options: {sorted(allowed)}")
+        raise DatasetError(f"format {fmt!r} has no options {unknown}; its options: {sorted(allowed)}")
     missing = [parameter.name for parameter in parameters
                if parameter.default is inspect.Parameter.empty and parameter.name not in options]
     if missing:
-        raise ValueError(f"format {fmt!r} needs the options {missing}")
+        raise DatasetError(f"format {fmt!r} needs the options {missing}")
 
 
 def _check_choice(option: str, value, choices: Sequence) -> None:
     if value not in choices:
-        raise ValueError(f"{option}={value!r} is not one of {list(choices)}")
+        raise DatasetError(f"{option}={value!r} is not one of {list(choices)}")
 
 
 def _csv_rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
@@ -581,12 +585,12 @@ def _csv_rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[s
         header = [column.strip() for column in next(reader, [])]
         missing = [column for column in required if column not in header]
         if missing:
-            raise ValueError(f"{path}: missing columns {missing}; its columns: {header}")
+            raise DatasetError(f"{path}: missing columns {missing}; its columns: {header}")
         for row in reader:
             if not row:
                 continue
             if len(row) != len(header):
-                raise ValueError(f"{path}:{reader.line_num}: {len(row)} fields, the header has {len(header)}")
+                raise DatasetError(f"{path}:{reader.line_num}: {len(row)} fields, the header has {len(header)}")
             yield reader.line_num, dict(zip(header, row))
 
 
@@ -594,16 +598,16 @@ def _parse_int(text: str, path: Path, line: int) -> int:
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"{path}:{line}: expected an integer, got {text!r}") from None
+        raise DatasetError(f"{path}:{line}: expected an integer, got {text!r}") from None
 
 
 def _parse_float(text: str, path: Path, line: int) -> float:
     try:
         return float(text)
     except ValueError:
-        raise ValueError(f"{path}:{line}: expected a number, got {text!r}") from None
+        raise DatasetError(f"{path}:{line}: expected a number, got {text!r}") from None
 
 
 def _raise_unknown_ids(ids: set[int], source: Path, known: str) -> None:
     if ids:
-        raise ValueError(f"{source}: unknown class ids {sorted(ids)}; known ids: {known}")
+        raise DatasetError(f"{source}: unknown class ids {sorted(ids)}; known ids: {known}")

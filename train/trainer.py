@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from .augment import Augment
 from .config import load_config
-from .data import data_root, flip_labels, load_dataset
+from .data import DatasetError, data_root, flip_labels, load_dataset
 from .evaluate import evaluate_model
 from .losses import objective
 from .model import build_model, load_init
@@ -83,8 +83,8 @@ def load_data(cfg: dict, rank: int):
     train = load_dataset(data["train"], size=data["size"], color=data["color"], data_root=root)
     val = load_dataset(data["val"], size=data["size"], color=data["color"], data_root=root)
     if val.class_names != train.class_names:   # found now, not by the first evaluation an epoch later
-        raise ValueError(f"the validation set's classes {val.class_names} differ from the training set's "
-                         f"{train.class_names}")
+        raise DatasetError(f"the validation set's classes {val.class_names} differ from the training set's "
+                           f"{train.class_names}")
     if data["limit"]:
         keep = np.random.default_rng(cfg["run"]["seed"]).permutation(len(train.labels))[: data["limit"]]
         train.images, train.labels = train.images[keep], train.labels[keep]
@@ -411,7 +411,8 @@ def main(argv=None) -> int:
         cfg["model"]["init"] = args.init
     try:
         best = train(cfg, resume=args.resume)
-    except CheckpointError as error:
+    except (CheckpointError, DatasetError, FileNotFoundError) as error:
+        # The user's data or run folder, not a bug: one line saying what, no traceback.
         log.error("%s", error)
         return 1
     print(json.dumps(best))
