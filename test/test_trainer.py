@@ -1,12 +1,13 @@
 """The trainer: a tiny model learns, resume is exact (also after kill -9), DDP gathers negatives across ranks."""
+import csv
 import json
 import os
-from pathlib import Path
 import random
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -17,7 +18,8 @@ import yaml
 from wscfer_train.config import load_config
 from wscfer_train.losses import objective
 from wscfer_train.model import build_model, load_init
-from wscfer_train.trainer import Checkpoints, atomic_save, main, restore_rng, train
+from wscfer_train.trainer import (CSV_FIELDS, Checkpoints, atomic_save, main, open_metrics_csv,
+                                  restore_rng, train)
 
 CLASSES = ["angry", "happy", "sad"]
 TINY_MODEL = {"arch": "resnet10", "width": 8, "stem": "imagenet", "proj_dim": 16, "init": None}
@@ -380,3 +382,18 @@ def test_a_class_map_naming_an_unknown_class_stops_the_cli_with_one_clear_error(
     errors = [record for record in caplog.records if record.levelname == "ERROR"]
     assert len(errors) == 1 and "unknown class names ['angrry']" in errors[0].getMessage()
     assert not list((tmp_path / "run").rglob("*.pt"))
+
+
+def test_metrics_csv_keeps_one_row_per_epoch_across_a_resume(tmp_path):
+    """Killed after epoch 3's row but before its checkpoint: the resumed run redoes epoch 3."""
+    path = tmp_path / "metrics.csv"
+    with open_metrics_csv(path, completed_epochs=0) as fresh:
+        table = csv.DictWriter(fresh, CSV_FIELDS)
+        table.writerows({"epoch": epoch, "step": 10 * epoch} for epoch in (1, 2, 3))
+
+    with open_metrics_csv(path, completed_epochs=2) as resumed:
+        csv.DictWriter(resumed, CSV_FIELDS).writerow({"epoch": 3, "step": 31})
+
+    rows = list(csv.DictReader(path.open()))
+    assert [(row["epoch"], row["step"]) for row in rows] == [("1", "10"), ("2", "20"), ("3", "31")]
+    assert not list(tmp_path.glob("*.tmp"))

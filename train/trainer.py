@@ -301,11 +301,8 @@ def train(cfg: dict, resume: bool = False) -> dict:
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(out_dir / "tb"))
-        new_csv = not (out_dir / "metrics.csv").exists()
-        csv_file = open(out_dir / "metrics.csv", "a", newline="")
+        csv_file = open_metrics_csv(out_dir / "metrics.csv", completed_epochs=start_epoch)
         csv_log = csv.DictWriter(csv_file, CSV_FIELDS)
-        if new_csv:
-            csv_log.writeheader()
 
     def snapshot(epoch: int, step: int) -> dict:
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -395,6 +392,26 @@ def train(cfg: dict, resume: bool = False) -> dict:
     if world > 1:
         dist.destroy_process_group()
     return best
+
+
+def open_metrics_csv(path: Path, completed_epochs: int):
+    """``metrics.csv`` open for appending, holding only the rows of the first ``completed_epochs``.
+
+    A run killed after writing an epoch's row but before saving that epoch's
+    checkpoint repeats the epoch when resumed; its old row goes, so every
+    epoch has one row.  A fresh run (0 completed epochs) starts a new file.
+    """
+    kept = []
+    if path.exists():
+        with open(path, newline="") as existing:
+            kept = [row for row in csv.DictReader(existing) if int(row["epoch"]) <= completed_epochs]
+    partial = path.with_name(path.name + ".tmp")
+    with open(partial, "w", newline="") as rewritten:
+        table = csv.DictWriter(rewritten, CSV_FIELDS)
+        table.writeheader()
+        table.writerows(kept)
+    os.replace(partial, path)
+    return open(path, "a", newline="")
 
 
 def main(argv=None) -> int:
