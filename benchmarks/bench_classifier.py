@@ -26,7 +26,6 @@ second table compares ONNX Runtime session options on a raw session of
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -34,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import (BenchmarkError, add_model_argument, check_positive, machine_description, ms,
-                    percentiles, print_table, resolve_model, time_calls)
+from common import (BenchmarkError, add_model_argument, argument_parser, check_positive, machine_description,
+                    ms, percentiles, print_table, resolve_model, time_calls)
 
 _CPU = "CPUExecutionProvider"
 _CUDA = "CUDAExecutionProvider"
@@ -194,9 +193,7 @@ def session_option_rows(fp32_path: Path, faces_list, repeat, warmup) -> list[lis
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     add_model_argument(parser)
     parser.add_argument("--models", nargs="+", default=[], metavar="FILE",
                         help="more ONNX files to measure as they are")

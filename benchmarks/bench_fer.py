@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import (REPO_ROOT, BenchmarkError, add_model_argument, check_positive, machine_description, ms,
-                    percentiles, print_table, resolve_model)
+from common import (BenchmarkError, REPO_ROOT, add_model_argument, argument_parser, check_positive,
+                    machine_description, ms, percentiles, print_table, resolve_model)
 
 FER_VENV = REPO_ROOT / "benchmarks" / ".venv-fer"
 FER_VERSION = "25.10.3"
@@ -186,9 +186,7 @@ def run_fer(python: Path, sets, val, repeat: int, warmup: int, work: Path) -> di
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     add_model_argument(parser)
     parser.add_argument("--setup", action="store_true", help=f"create {FER_VENV.relative_to(REPO_ROOT)} and exit")
     parser.add_argument("--repeat", type=int, default=20, help="timed runs of each photo (default 20)")

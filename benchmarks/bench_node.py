@@ -46,8 +46,8 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
-from common import (BenchmarkError, add_model_argument, check_positive, fit_frame, machine_description,
-                    ms, percentiles, print_table, read_video, resolve_model)
+from common import (BenchmarkError, add_model_argument, argument_parser, check_positive, fit_frame,
+                    machine_description, ms, percentiles, print_table, read_video, resolve_model)
 
 VIDEO = "woman2.mp4"
 SIZES = ("640x480", "1280x720")
@@ -390,9 +390,7 @@ def summary(size: tuple[int, int], runs: list[tuple[float, RunResult]]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     add_model_argument(parser)
     parser.add_argument("--seconds", type=float, default=10.0, help="publishing time per run (default 10)")
     parser.add_argument("--rates", type=float, nargs="+", default=[30, 60, 120, 240, 0],

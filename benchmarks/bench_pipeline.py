@@ -12,16 +12,14 @@ The 7-face photos get one row per detector mode.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from common import (PHOTOS, BenchmarkError, add_model_argument, check_positive, fit_frame,
-                    machine_description, ms, percentiles, print_table, read_photo, read_video,
-                    resolve_model)
+from common import (BenchmarkError, PHOTOS, add_model_argument, argument_parser, check_positive, fit_frame,
+                    machine_description, ms, percentiles, print_table, read_photo, read_video, resolve_model)
 
 STAGES = ("detect", "crop", "classify", "track")
 CAMERA_SIZE = (640, 480)
@@ -82,9 +80,7 @@ def measure(pipeline, frames: list[np.ndarray], is_video: bool, repeat: int, war
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     add_model_argument(parser)
     parser.add_argument("--repeat", type=int, default=100, help="timed runs of each photo (default 100)")
     parser.add_argument("--frames", type=int, default=0,

@@ -5,6 +5,7 @@ worker of ``bench_fer.py`` can use it from its own virtual environment.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import time
@@ -92,6 +93,13 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], numeri
     for row in rows:
         print("| " + " | ".join(str(cell) for cell in row) + " |")
     print(flush=True)
+
+
+def argument_parser(doc: str) -> argparse.ArgumentParser:
+    """A parser that shows a script's docstring: its first paragraph as the description, the rest after the options."""
+    description, details = doc.split("\n\n", 1)
+    return argparse.ArgumentParser(description=description, epilog=details,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def check_positive(parser, name: str, value: int) -> None:

@@ -17,7 +17,6 @@ id it gave.  ``--json`` writes the figures for scripts and tests.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -30,8 +29,8 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
 from bench_node import RESULTS_QOS, Bench
-from common import (BenchmarkError, add_model_argument, check_positive, fit_frame, machine_description,
-                    print_table, read_video, resolve_model)
+from common import (BenchmarkError, add_model_argument, argument_parser, check_positive, fit_frame,
+                    machine_description, print_table, read_video, resolve_model)
 
 VIDEOS = ("woman2.mp4", "short_hamilton_clip.mp4")
 FRAME_SIZE = (640, 480)
@@ -116,9 +115,7 @@ def run(args, work: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     add_model_argument(parser)
     parser.add_argument("--frames", type=int, default=20000, help="frames to send (default 20000)")
     parser.add_argument("--warmup", type=int, default=1000,
