@@ -237,3 +237,10 @@ def test_bad_requests_are_refused_with_a_reason(checkpoint, tmp_path, capsys):
     assert main([str(tmp_path / "junk.pt"), str(tmp_path / "m.onnx")]) == 1
     assert "junk.pt" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_weights_a_run_started_from_are_named_in_the_metadata(checkpoint):
+    _, meta, cfg = load_checkpoint(checkpoint)
+    assert "init" not in model_metadata(meta, cfg, "fp32")
+    staged = {**cfg, "model": {**cfg["model"], "init": "runs/stage1/best.pt"}}
+    assert model_metadata(meta, staged, "fp32")["init"] == "runs/stage1/best.pt"

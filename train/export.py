@@ -177,6 +177,8 @@ def model_metadata(meta: dict, cfg: dict, precision: str, crop_scale: float | No
         "dataset": meta.get("dataset"),
         "val_dataset": json.dumps(cfg["data"]["val"]) if cfg.get("data", {}).get("val") else None,
         "epochs": json.dumps(meta["epochs"]) if "epochs" in meta else None,
+        # A run that started from other weights (--init): its epochs are on top of theirs.
+        "init": cfg.get("model", {}).get("init"),
         "best_epoch": json.dumps(val["epoch"]) if "epoch" in val else None,
         "val_accuracy": json.dumps(round(val["accuracy"], 4)) if "accuracy" in val else None,
         "val_mean_recall": json.dumps(round(val["mean_recall"], 4)) if "mean_recall" in val else None,
