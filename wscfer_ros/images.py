@@ -36,6 +36,7 @@ REJECTION_REASONS = ("unsupported encoding", "unsupported format", "empty", "siz
 # gigabytes of a robot's memory.
 MAX_COMPRESSED_PIXELS = 64 * 2**20
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_HEADER_BYTES = 1 << 17   # where declared_size looks for the picture size
 # JPEG start-of-frame markers (the ones that carry the picture size).
 _JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
@@ -118,7 +119,9 @@ def compressed_to_array(msg) -> tuple[np.ndarray, str]:
 
 def declared_size(encoded: np.ndarray) -> tuple[int, int] | None:
     """Width and height a PNG or JPEG header announces, without decoding; None if not found."""
-    data = encoded.tobytes()[:65536]   # the size comes before any pixel data
+    # The size comes before any pixel data, within the first segments (an
+    # EXIF block can hold up to 64 kB): no need to copy a whole frame.
+    data = encoded[:_HEADER_BYTES].tobytes()
     if data.startswith(_PNG_SIGNATURE) and data[12:16] == b"IHDR" and len(data) >= 24:
         return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     if not data.startswith(b"\xff\xd8"):
