@@ -309,14 +309,19 @@ def failing_first(calls: int, stage):
     return stage_that_fails
 
 
-@pytest.mark.parametrize("stage", ["detection", "classification"])
+@pytest.mark.parametrize("stage", ["conversion", "detection", "classification"])
 def test_an_exception_in_one_frame_is_counted_logged_once_and_the_next_frame_processed(
         connect, in_process_node, frames, capfd, monkeypatch, stage):
-    pipeline = in_process_node._pipeline
-    owner, method = ((pipeline._detector, "detect") if stage == "detection"
-                     else (pipeline.classifier, "predict"))
     burst = 3
-    monkeypatch.setattr(owner, method, failing_first(burst, getattr(owner, method)))
+    if stage == "conversion":   # in the subscription callback, before the worker
+        converter = in_process_node._input
+        monkeypatch.setattr(in_process_node, "_input",
+                            converter._replace(to_array=failing_first(burst, converter.to_array)))
+    else:
+        pipeline = in_process_node._pipeline
+        owner, method = ((pipeline._detector, "detect") if stage == "detection"
+                         else (pipeline.classifier, "predict"))
+        monkeypatch.setattr(owner, method, failing_first(burst, getattr(owner, method)))
     node = connect(None, namespace="/in_process")
     node.wait_until_subscribed()
 

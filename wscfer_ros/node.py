@@ -132,7 +132,7 @@ class NewestFrame:
             self.skipped = 0
 
     def close(self) -> None:
-        """Drop the pending message and make ``take`` return None."""
+        """Drop the pending frame and make ``take`` return None."""
         with self._condition:
             self._open = False
             if self._pending is not None:
@@ -315,6 +315,9 @@ class ExpressionNode(Node):
                 f"rejected a frame ({sum(self._rejected.values())} rejected so far): {error}",
                 throttle_duration_sec=WARNING_PERIOD_S)
             return
+        except Exception:   # a decoder failure other than a bad image must not stop the node
+            self._frame_failed()
+            return
         self._frames.put(Frame(message.header, image, color, self._last_arrival))
 
     def _process_frames(self) -> None:
@@ -322,19 +325,22 @@ class ExpressionNode(Node):
             try:
                 self._process(frame)
             except Exception:   # a library failure on one frame must not stop the node
-                self._failed += 1
-                self._failures_in_a_row += 1
-                # Once per burst: the first failure with its traceback, the rest only counted.
-                if self._failures_in_a_row == 1:
-                    self.get_logger().error(
-                        f"processing a frame failed ({self._failed} failed since activation; "
-                        f"further failures are counted until a frame succeeds):\n"
-                        f"{traceback.format_exc()}")
+                self._frame_failed()
                 continue
             if self._failures_in_a_row:
                 self.get_logger().info(f"processing recovered after {self._failures_in_a_row} "
                                        f"failed frame(s)")
                 self._failures_in_a_row = 0
+
+    def _frame_failed(self) -> None:
+        """Count the exception being handled; log it (with its traceback) once per burst."""
+        self._failed += 1
+        self._failures_in_a_row += 1
+        if self._failures_in_a_row == 1:
+            self.get_logger().error(
+                f"processing a frame failed ({self._failed} failed since activation; "
+                f"further failures are counted until a frame succeeds):\n"
+                f"{traceback.format_exc()}")
 
     def _process(self, frame: Frame) -> None:
         result = self._pipeline.process(frame.image, frame.color)
