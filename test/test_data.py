@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 import pytest
 
-from wscfer_train.data import (CANONICAL_CLASSES, FER2013_CLASSES, data_root, flip_labels,
-                               load_dataset)
+from wscfer_train.data import (CANONICAL_CLASSES, FER2013_CLASSES, SkipImage, data_root, decode_bytes,
+                               flip_labels, load_dataset)
 
 BRIGHTNESS = {name: 20 + 28 * index for index, name in enumerate(CANONICAL_CLASSES)}
 
@@ -453,9 +453,26 @@ def truncated_jpeg() -> bytes:
     return encoded[:len(encoded) // 2]
 
 
+def png_claiming_a_huge_picture() -> bytes:
+    """A small real PNG whose header is changed to announce 40000 x 30000 pixels."""
+    encoded = bytearray(cv2.imencode(".png", np.zeros((8, 8), np.uint8))[1].tobytes())
+    encoded[16:24] = (40000).to_bytes(4, "big") + (30000).to_bytes(4, "big")
+    return bytes(encoded)
+
+
 BROKEN_BYTES = {"empty": b"", "random": np.random.default_rng(1).bytes(600), "truncated": truncated_jpeg()}
 EXPECTED_REASONS = {"empty": "empty", "random": "undecodable", "truncated": "undecodable",
                     "folder": "cannot open", "missing": "missing file"}
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"\x89PNG\r\n\x1a\n" + np.random.default_rng(2).bytes(2000), "undecodable"),
+    (png_claiming_a_huge_picture(), "too large"),
+])
+def test_images_whose_headers_lie_are_left_out_before_decoding(content, reason):
+    """OpenCV would allocate what these headers claim: seconds and gigabytes for each."""
+    with pytest.raises(SkipImage, match=reason):
+        decode_bytes(np.frombuffer(content, np.uint8), 24, "gray")
 
 
 def write_broken_images(folder: Path, prefix: str = "") -> list[str]:

@@ -34,6 +34,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from wscfer_ros.images import encoded_image_problem
+
 log = logging.getLogger(__name__)
 
 CANONICAL_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral", "contempt")
@@ -507,6 +509,9 @@ def decode_bytes(encoded: np.ndarray, size: int, color: str,
     """
     if not encoded.size:
         raise SkipImage("empty")
+    problem = encoded_image_problem(encoded)   # before OpenCV allocates what a header claims
+    if problem:
+        raise SkipImage(problem[0])
     try:
         image = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE if color == "gray" else cv2.IMREAD_COLOR)
     except cv2.error:

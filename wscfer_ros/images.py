@@ -96,14 +96,11 @@ def compressed_to_array(msg) -> tuple[np.ndarray, str]:
     encoded = np.frombuffer(memoryview(msg.data), np.uint8)
     if encoded.size == 0:
         raise ImageError(f"empty compressed image (format {msg.format!r})", "empty")
-    declared = declared_size(encoded)
-    if declared and declared[0] * declared[1] > MAX_COMPRESSED_PIXELS:
-        raise ImageError(f"compressed image announces {declared[0]}x{declared[1]} pixels, more than "
-                         f"the {MAX_COMPRESSED_PIXELS} accepted", "too large")
-    broken_png = png_structure_error(encoded)
-    if broken_png:
-        raise ImageError(f"cannot decode {encoded.size} bytes as {msg.format or 'an image'}: "
-                         f"{broken_png}", "undecodable")
+    problem = encoded_image_problem(encoded)
+    if problem:
+        reason, text = problem
+        raise ImageError(f"cannot decode {encoded.size} bytes as {msg.format or 'an image'}: {text}",
+                         reason)
     try:
         # ANYCOLOR keeps gray images gray and drops alpha; without ANYDEPTH
         # 16-bit png is scaled to 8 bits, the pipeline's input depth.
@@ -115,6 +112,23 @@ def compressed_to_array(msg) -> tuple[np.ndarray, str]:
         raise ImageError(f"cannot decode {encoded.size} bytes as {msg.format or 'an image'}: "
                          "not a valid jpeg or png", "undecodable")
     return image, "gray" if image.ndim == 2 else "bgr"
+
+
+def encoded_image_problem(encoded: np.ndarray) -> tuple[str, str] | None:
+    """Why encoded bytes must not reach the decoder: (reason, text), or None if they may.
+
+    Reads headers only.  A picture announced larger than MAX_COMPRESSED_PIXELS
+    is "too large"; a PNG with a broken chunk structure is "undecodable".  The
+    node and the training data readers both check this before cv2.imdecode.
+    """
+    declared = declared_size(encoded)
+    if declared and declared[0] * declared[1] > MAX_COMPRESSED_PIXELS:
+        return "too large", (f"it announces {declared[0]}x{declared[1]} pixels, more than the "
+                             f"{MAX_COMPRESSED_PIXELS} accepted")
+    broken_png = png_structure_error(encoded)
+    if broken_png:
+        return "undecodable", broken_png
+    return None
 
 
 def declared_size(encoded: np.ndarray) -> tuple[int, int] | None:
