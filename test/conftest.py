@@ -78,6 +78,17 @@ def write_tiny_model(path: Path, *, size=48, channels=1, color="gray", classes=F
     return path
 
 
+def announcing(encoded: bytes, width: int, height: int) -> bytes:
+    """A PNG or (baseline) JPEG whose header is changed to announce ``width`` x ``height`` pixels."""
+    patched = bytearray(encoded)
+    if patched.startswith(b"\x89PNG"):
+        patched[16:24] = width.to_bytes(4, "big") + height.to_bytes(4, "big")   # IHDR
+    else:
+        frame = patched.index(b"\xff\xc0")   # start of frame: precision, height, width
+        patched[frame + 5:frame + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(patched)
+
+
 @pytest.fixture
 def tiny_model(tmp_path) -> Path:
     return write_tiny_model(tmp_path / "tiny.onnx")

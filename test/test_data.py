@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import announcing
 from wscfer_train.data import (CANONICAL_CLASSES, FER2013_CLASSES, SkipImage, data_root, decode_bytes,
                                flip_labels, load_dataset)
 
@@ -453,13 +454,6 @@ def truncated_jpeg() -> bytes:
     return encoded[:len(encoded) // 2]
 
 
-def png_claiming_a_huge_picture() -> bytes:
-    """A small real PNG whose header is changed to announce 40000 x 30000 pixels."""
-    encoded = bytearray(cv2.imencode(".png", np.zeros((8, 8), np.uint8))[1].tobytes())
-    encoded[16:24] = (40000).to_bytes(4, "big") + (30000).to_bytes(4, "big")
-    return bytes(encoded)
-
-
 BROKEN_BYTES = {"empty": b"", "random": np.random.default_rng(1).bytes(600), "truncated": truncated_jpeg()}
 EXPECTED_REASONS = {"empty": "empty", "random": "undecodable", "truncated": "undecodable",
                     "folder": "cannot open", "missing": "missing file"}
@@ -467,7 +461,8 @@ EXPECTED_REASONS = {"empty": "empty", "random": "undecodable", "truncated": "und
 
 @pytest.mark.parametrize("content, reason", [
     (b"\x89PNG\r\n\x1a\n" + np.random.default_rng(2).bytes(2000), "undecodable"),
-    (png_claiming_a_huge_picture(), "too large"),
+    (announcing(cv2.imencode(".png", np.zeros((8, 8), np.uint8))[1].tobytes(), 40000, 30000),
+     "too large"),
 ])
 def test_images_whose_headers_lie_are_left_out_before_decoding(content, reason):
     """OpenCV would allocate what these headers claim: seconds and gigabytes for each."""

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import CompressedImage, Image
 
+from conftest import announcing
 from wscfer_ros.images import (ENCODINGS, ImageError, as_bgr, compressed_to_array, declared_size,
                                fill_image, image_to_array)
 
@@ -177,13 +178,8 @@ def test_declared_size_is_read_from_the_header(media_dir, extension):
 @pytest.mark.parametrize("extension", [".jpg", ".png"])
 def test_a_header_announcing_a_huge_picture_is_refused_before_decoding(extension):
     """A few bytes must not make the decoder allocate gigabytes."""
-    encoded = bytearray(encode(random_image(16, 16, 3), extension).tobytes())
-    if extension == ".png":
-        encoded[16:24] = (40000).to_bytes(4, "big") + (30000).to_bytes(4, "big")
-    else:
-        frame = encoded.index(b"\xff\xc0")
-        encoded[frame + 5:frame + 9] = (30000).to_bytes(2, "big") + (40000).to_bytes(2, "big")
-    msg = CompressedImage(format="jpeg", data=array.array("B", bytes(encoded)))
+    encoded = announcing(encode(random_image(16, 16, 3), extension).tobytes(), 40000, 30000)
+    msg = CompressedImage(format="jpeg", data=array.array("B", encoded))
     with pytest.raises(ImageError, match=r"announces 40000x30000 pixels") as error:
         compressed_to_array(msg)
     assert error.value.reason == "too large"

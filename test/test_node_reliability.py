@@ -7,9 +7,7 @@ counters can be compared with what was sent.
 """
 import array
 import signal
-import struct
 import threading
-import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CompressedImage, Image
 
+from conftest import announcing
 from ros_helpers import (STARTUP_TIMEOUT_S, TEST_PARAMETERS, LifecycleManager, NodeProcess,
                          NodeUnderTest, RosClient, image_message, jpeg_message)
 from wscfer_ros.images import ENCODINGS, REJECTION_REASONS
@@ -132,24 +131,6 @@ def malformed_image(rng) -> tuple[Image, str]:
                  data=_random_bytes(rng, width * channels * height)), "size mismatch"
 
 
-def png_claiming(width: int, height: int) -> bytes:
-    """A PNG whose header announces width x height pixels, followed by a few bytes of data."""
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return (struct.pack(">I", len(payload)) + kind + payload
-                + struct.pack(">I", zlib.crc32(kind + payload)))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(bytes(1000))) + chunk(b"IEND", b""))
-
-
-def jpeg_claiming(encoded_jpeg: bytes, width: int, height: int) -> bytes:
-    """The first quarter of a JPEG whose frame header is changed to announce width x height."""
-    start_of_frame = encoded_jpeg.index(b"\xff\xc0")
-    patched = bytearray(encoded_jpeg[:len(encoded_jpeg) // 4])
-    patched[start_of_frame + 5:start_of_frame + 9] = struct.pack(">HH", height, width)
-    return bytes(patched)
-
-
 def malformed_compressed(rng, encoded: dict[str, bytes]) -> tuple[CompressedImage, str]:
     """A random sensor_msgs/CompressedImage the node must refuse, and why.
 
@@ -171,7 +152,7 @@ def malformed_compressed(rng, encoded: dict[str, bytes]) -> tuple[CompressedImag
                                data=_random_bytes(rng, 100)), "unsupported format"
     else:   # a header announcing a huge picture, a few bytes after it
         width, height = (int(side) for side in rng.integers(20000, 65535, 2))
-        data = png_claiming(width, height) if kind == 5 else jpeg_claiming(encoded["jpeg"], width, height)
+        data = announcing(encoded["png" if kind == 5 else "jpeg"], width, height)[:2000]
         return CompressedImage(format=image_format, data=array.array("B", data)), "too large"
     return CompressedImage(format=image_format, data=array.array("B", data)), "undecodable"
 
