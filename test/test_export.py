@@ -239,8 +239,10 @@ def test_bad_requests_are_refused_with_a_reason(checkpoint, tmp_path, capsys):
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_weights_a_run_started_from_are_named_in_the_metadata(checkpoint):
+def test_weights_a_run_started_from_and_its_teachers_are_named_in_the_metadata(checkpoint):
     _, meta, cfg = load_checkpoint(checkpoint)
-    assert "init" not in model_metadata(meta, cfg, "fp32")
+    assert "init" not in model_metadata(meta, cfg, "fp32") and "teachers" not in model_metadata(meta, cfg, "fp32")
     staged = {**cfg, "model": {**cfg["model"], "init": "runs/stage1/best.pt"}}
     assert model_metadata(meta, staged, "fp32")["init"] == "runs/stage1/best.pt"
+    distilled = {**meta, "teachers": ["runs/a/best.pt", "runs/b/best.pt"]}
+    assert json.loads(model_metadata(distilled, cfg, "fp32")["teachers"]) == ["runs/a/best.pt", "runs/b/best.pt"]

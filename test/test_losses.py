@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wscfer_train.losses import objective, pcl_loss, simclr_loss, supcon_loss, wsc_loss
+from wscfer_train.losses import distillation_loss, objective, pcl_loss, simclr_loss, supcon_loss, wsc_loss
 
 TAU = 0.1
 
@@ -161,3 +161,24 @@ def test_unknown_aux_is_a_clear_error():
     u, y, pair = two_view_batch([0, 1])
     with pytest.raises(ValueError, match="loss.aux"):
         objective(torch.randn(4, 7), u.float(), y, pair, torch.arange(4), {"aux": "triplet", "tau": TAU})
+
+
+def test_distillation_loss_is_t_squared_times_the_kl_divergence():
+    torch.manual_seed(0)
+    logits, temperature = torch.randn(5, 7, dtype=torch.float64), 4.0
+    targets = torch.softmax(torch.randn(5, 7, dtype=torch.float64), dim=1)
+    student = torch.softmax(logits / temperature, dim=1)
+    kl = sum(float((targets[i] * (targets[i] / student[i]).log()).sum()) for i in range(5)) / 5
+    assert distillation_loss(logits, targets, temperature).item() == pytest.approx(temperature ** 2 * kl, rel=1e-5)
+    assert distillation_loss(logits, student, temperature).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_objective_with_teachers_mixes_cross_entropy_and_distillation():
+    u, y, pair = two_view_batch([0, 1, 2])
+    logits = torch.randn(len(y), 7)
+    targets = torch.softmax(torch.randn(len(y), 7), dim=1)
+    cfg = {"aux": "none", "tau": TAU, "distill_weight": 0.7, "distill_temperature": 2.0}
+    loss, parts = objective(logits, u.float(), y, pair, torch.arange(len(y)), cfg, teacher_probs=targets)
+    assert loss.item() == pytest.approx(0.3 * F.cross_entropy(logits, y).item()
+                                        + 0.7 * distillation_loss(logits, targets, 2.0).item(), rel=1e-5)
+    assert parts["kd"].item() == pytest.approx(distillation_loss(logits, targets, 2.0).item())

@@ -397,3 +397,33 @@ def test_metrics_csv_keeps_one_row_per_epoch_across_a_resume(tmp_path):
     rows = list(csv.DictReader(path.open()))
     assert [(row["epoch"], row["step"]) for row in rows] == [("1", "10"), ("2", "20"), ("3", "31")]
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_distilling_a_teacher_trains_and_records_it_in_the_checkpoint(reference_run, tmp_path):
+    cfg, _ = reference_run
+    teacher = Path(cfg["run"]["out_dir"]) / "best.pt"
+    student = copy_to(cfg, tmp_path / "student")
+    student["loss"].update({"teachers": [str(teacher)], "distill_weight": 0.5})
+    student["optim"]["epochs"] = 1
+
+    train(student)
+
+    rows = list(csv.DictReader((tmp_path / "student" / "metrics.csv").open()))
+    assert len(rows) == 1 and float(rows[0]["kd"]) > 0
+    saved = torch.load(tmp_path / "student" / "best.pt", weights_only=True)
+    assert saved["meta"]["teachers"] == [str(teacher)]
+
+
+def test_a_teacher_trained_on_other_images_stops_the_cli_with_one_clear_error(reference_run, tmp_path, caplog):
+    cfg, _ = reference_run
+    student = make_tiny_config(tmp_path)
+    student["data"]["size"] = 32                    # the teacher was trained at 24 px
+    student["loss"]["teachers"] = [str(Path(cfg["run"]["out_dir"]) / "best.pt")]
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(student))
+
+    assert main(["--config", str(config)]) == 1
+    errors = [record for record in caplog.records if record.levelname == "ERROR"]
+    assert len(errors) == 1 and "was trained on" in errors[0].getMessage()
+    assert "'input_size': [24, 24]" in errors[0].getMessage()
+    assert not list((tmp_path / "run").rglob("*.pt"))

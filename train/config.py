@@ -29,7 +29,10 @@ DEFAULTS: dict = {
     },
     "model": {"arch": "resnet18", "width": 64, "stem": "imagenet", "proj_dim": 128, "init": None},
     "loss": {"aux": "wscfer", "tau": 0.1, "tau_c": None, "lambda_aux": 0.5, "lambda_pcl": 0.5,
-             "label_smoothing": 0.0},
+             "label_smoothing": 0.0,
+             "teachers": [],            # best.pt files to distill from (see wscfer_train.distill)
+             "distill_weight": 0.5,     # L_cls -> (1 - w) L_cls + w L_kd when there are teachers
+             "distill_temperature": 4.0},
     "optim": {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "batch_size": 128,
               "epochs": 30, "warmup_epochs": 1.0},
     "augment": {},              # overrides of wscfer_train.augment.DEFAULTS

@@ -179,6 +179,7 @@ def model_metadata(meta: dict, cfg: dict, precision: str, crop_scale: float | No
         "epochs": json.dumps(meta["epochs"]) if "epochs" in meta else None,
         # A run that started from other weights (--init): its epochs are on top of theirs.
         "init": cfg.get("model", {}).get("init"),
+        "teachers": json.dumps(meta["teachers"]) if meta.get("teachers") else None,
         "best_epoch": json.dumps(val["epoch"]) if "epoch" in val else None,
         "val_accuracy": json.dumps(round(val["accuracy"], 4)) if "accuracy" in val else None,
         "val_mean_recall": json.dumps(round(val["mean_recall"], 4)) if "mean_recall" in val else None,

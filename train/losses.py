@@ -27,6 +27,17 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, label_smooth
     return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
 
 
+def distillation_loss(logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Knowledge distillation (Hinton et al. 2015) towards soft targets at temperature T:
+
+        L_kd = T^2 * mean_i KL(q_i || softmax(z_i / T)),   q_i = the teachers' softened class distribution
+
+    T^2 keeps the gradient scale independent of T.  ``teacher_probs`` rows sum to 1.
+    """
+    log_student = F.log_softmax(logits.float() / temperature, dim=1)
+    return temperature ** 2 * F.kl_div(log_student, teacher_probs.float(), reduction="batchmean")
+
+
 class _Batch:
     """Masks shared by the contrastive losses, built once from labels and indices."""
 
@@ -129,8 +140,12 @@ CONTRASTIVE_LOSSES = {"wsc": wsc_loss, "simclr": simclr_loss, "supcon": supcon_l
 AUX_CHOICES = ("none", "simclr", "supcon", "wsc", "wscfer")
 
 
-def objective(logits, u, labels, pair, anchors, loss_cfg: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def objective(logits, u, labels, pair, anchors, loss_cfg: dict,
+              teacher_probs: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L = L_cls + lambda_aux * L_aux, plus lambda_pcl * L_pcl for ``aux: wscfer``.
+
+    With ``teacher_probs`` (soft targets of the anchors, see ``distill.py``)
+    L_cls becomes (1 - w) * L_cls + w * L_kd, w = ``distill_weight``.
 
     Every tensor covers all samples that can be contrasted (under DDP, gathered
     from all ranks); ``anchors`` indexes the local ones, which alone enter
@@ -143,6 +158,10 @@ def objective(logits, u, labels, pair, anchors, loss_cfg: dict) -> tuple[torch.T
         raise ValueError(f"loss.aux must be one of {AUX_CHOICES}, got {aux!r}")
     loss = classification_loss(logits[anchors], labels[anchors], loss_cfg.get("label_smoothing", 0.0))
     parts = {"cls": loss.detach()}
+    if teacher_probs is not None:
+        kd = distillation_loss(logits[anchors], teacher_probs, loss_cfg["distill_temperature"])
+        loss = (1.0 - loss_cfg["distill_weight"]) * loss + loss_cfg["distill_weight"] * kd
+        parts["kd"] = kd.detach()
     if aux != "none":
         contrastive = CONTRASTIVE_LOSSES["wsc" if aux == "wscfer" else aux]
         aux_loss = contrastive(u, labels, pair, anchors, tau=loss_cfg["tau"])

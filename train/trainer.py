@@ -5,7 +5,8 @@
 
 Each step takes a batch of stored uint8 images, makes two augmented views of
 each on the training device, and minimises L_cls + lambda * L_aux (+ PCL),
-see ``losses.objective``.  The run folder holds ``config.yaml``,
+see ``losses.objective``; with ``loss.teachers``, L_cls is mixed with
+distillation towards the teachers' soft targets (``distill.py``).  The run folder holds ``config.yaml``,
 ``run.json`` (data summary, label noise), ``metrics.csv``, TensorBoard
 events in ``tb/``, rolling checkpoints in ``checkpoints/`` and ``best.pt``
 (the epoch with the best validation accuracy).  ``--resume`` continues from
@@ -39,13 +40,14 @@ from tqdm import tqdm
 from .augment import Augment
 from .config import load_config
 from .data import DatasetError, data_root, flip_labels, load_dataset
+from .distill import TeacherError, soft_targets
 from .evaluate import evaluate_model
 from .losses import objective
 from .model import build_model, load_init
 
 log = logging.getLogger("wscfer_train")
 
-CSV_FIELDS = ["epoch", "step", "lr", "loss", "cls", "aux", "pcl", "images_per_s",
+CSV_FIELDS = ["epoch", "step", "lr", "loss", "cls", "aux", "pcl", "kd", "images_per_s",
               "val_accuracy", "val_mean_recall", "elapsed_s"]
 
 
@@ -281,7 +283,7 @@ def train(cfg: dict, resume: bool = False) -> dict:
             "mean": data_cfg["mean"], "std": data_cfg["std"], "crop_scale": data_cfg["crop_scale"],
             "dataset": train_set.name, "epochs": optim["epochs"], "loss": loss_cfg["aux"],
             "arch": f"{cfg['model']['arch']}-w{cfg['model']['width']}-{cfg['model']['stem']}",
-            "label_noise": noise}
+            "label_noise": noise, "teachers": loss_cfg["teachers"]}
     start_epoch, start_step, best = 0, 0, {"accuracy": -1.0}
     if state is not None:
         model.load_state_dict(state["model"])
@@ -313,6 +315,10 @@ def train(cfg: dict, resume: bool = False) -> dict:
 
     images = torch.from_numpy(train_set.images).to(device)
     labels = torch.from_numpy(train_set.labels).to(device)
+    targets = None
+    if loss_cfg["teachers"]:
+        targets = soft_targets(loss_cfg["teachers"], train_set, loss_cfg["distill_temperature"], device,
+                               cfg["train"]["eval_batch_size"]).to(device)
     local = 2 * batch
     pair = torch.arange(local * world, device=device)
     pair = pair - pair % local + (pair % local + batch) % local     # the other view, within each rank's block
@@ -335,7 +341,8 @@ def train(cfg: dict, resume: bool = False) -> dict:
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits, u = net(x, with_embedding=True)
             loss, parts = objective(gather(logits.float(), world, True), gather(u.float(), world, True),
-                                    gather(y, world, False), pair, anchors, loss_cfg)
+                                    gather(y, world, False), pair, anchors, loss_cfg,
+                                    None if targets is None else targets[index].repeat(2, 1))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -367,12 +374,12 @@ def train(cfg: dict, resume: bool = False) -> dict:
             means = {name: float(total) / max(count, 1) for name, total in sums.items()}
             row = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "lr": scheduler.get_last_lr()[0],
                    "loss": means.get("loss"), "cls": means.get("cls"),
-                   "aux": means.get("wsc", means.get("simclr", means.get("supcon"))), "pcl": means.get("pcl"),
+                   "aux": means.get("wsc", means.get("simclr", means.get("supcon"))), "pcl": means.get("pcl"), "kd": means.get("kd"),
                    "images_per_s": round(rate, 1), "val_accuracy": metrics["accuracy"],
                    "val_mean_recall": metrics["mean_recall"], "elapsed_s": round(time.monotonic() - started, 1)}
             csv_log.writerow(row)
             csv_file.flush()
-            for key in ("loss", "cls", "aux", "pcl", "lr", "images_per_s", "val_accuracy", "val_mean_recall"):
+            for key in ("loss", "cls", "aux", "pcl", "kd", "lr", "images_per_s", "val_accuracy", "val_mean_recall"):
                 if row[key] is not None:
                     writer.add_scalar(key, row[key], row["step"])
             log.info("epoch %d/%d  loss %.4f  val acc %.4f  mean recall %.4f  %.0f img/s", epoch + 1,
@@ -428,7 +435,7 @@ def main(argv=None) -> int:
         cfg["model"]["init"] = args.init
     try:
         best = train(cfg, resume=args.resume)
-    except (CheckpointError, DatasetError, FileNotFoundError) as error:
+    except (CheckpointError, DatasetError, TeacherError, FileNotFoundError) as error:
         # The user's data or run folder, not a bug: one line saying what, no traceback.
         log.error("%s", error)
         return 1
