@@ -1,11 +1,13 @@
 """wscfer-infer on a real photo, a folder and a few frames of a real video."""
+import dataclasses
 import json
 
 import cv2
 import pytest
 
 from conftest import FER_CLASSES, write_tiny_model
-from wscfer_ros.infer import main
+from wscfer_ros.infer import _config, build_parser, main
+from wscfer_ros.pipeline import PipelineConfig
 
 MESSAGE_KEYS = {"schema", "stamp", "frame_id", "width", "height", "latency_ms", "faces"}
 FACE_KEYS = {"id", "box", "detection_score", "label", "score", "probabilities"}
@@ -110,6 +112,29 @@ def test_pipeline_flags_reach_the_pipeline(model_path, media_dir, capsys):
                  "--detector", "full", "--align", "--smoothing", "0", "--no-progress"]) == 0
     (message,) = read_lines(capsys.readouterr().out)
     assert len(message["faces"]) == 2
+
+
+def test_every_pipeline_setting_has_a_flag_with_its_description():
+    """Each PipelineConfig field, set to a value other than its default on the command line, reaches the config."""
+    parser = build_parser()
+    flags, wanted = [], {}
+    for setting in dataclasses.fields(PipelineConfig):
+        flag = setting.metadata.get("flag", "--" + setting.name.replace("_", "-"))
+        default = setting.default
+        if isinstance(default, bool):
+            flags.append(flag)
+            wanted[setting.name] = not default
+            continue
+        choices = setting.metadata.get("choices")
+        value = [choice for choice in choices if choice != default][-1] if choices else \
+            "model.onnx" if isinstance(default, str) else default + 3
+        flags += [flag, str(value)]
+        wanted[setting.name] = value
+    assert _config(parser.parse_args(["photo.jpg", *flags])) == PipelineConfig(**wanted)
+    assert _config(parser.parse_args(["photo.jpg"])) == PipelineConfig()
+    help_text = " ".join(parser.format_help().split())
+    for setting in dataclasses.fields(PipelineConfig):
+        assert " ".join(setting.metadata["description"].split()) in help_text
 
 
 def test_annotate_never_overwrites_the_input(model_path, media_dir, tmp_path):

@@ -11,10 +11,10 @@ faces drawn: an image, a folder of images or an mp4 video, following the input.
 """
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -22,8 +22,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .classifier import PROVIDER_CHOICES, ModelError
-from .detector import DETECTOR_MODES
+from .classifier import ModelError
 from .output import draw_faces, frame_message
 from .pipeline import Pipeline, PipelineConfig
 
@@ -31,7 +30,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".p
 _PROG = "wscfer-infer"
 
 
-@dataclass
+@dataclasses.dataclass
 class _Frame:
     image: np.ndarray      # BGR, as OpenCV reads it
     name: str              # file name; the annotated copy of an image gets it too
@@ -145,8 +144,10 @@ class _Annotator:
             self._writer.release()
 
 
+_METAVARS = {str: "PATH", int: "N", float: "X"}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    defaults = PipelineConfig()
     parser = argparse.ArgumentParser(
         prog=_PROG, description="Facial expressions of the faces in images, videos or a webcam, "
                                 "as JSON lines in the schema of the ROS 'expressions' topic.")
@@ -159,40 +160,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stop after N frames or images (0 = all)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
-    pipeline = parser.add_argument_group("pipeline")
-    pipeline.add_argument("--model", default=defaults.model_path, metavar="PATH",
-                          help="ONNX model file or name in wscfer_ros/models/ (default: the shipped model)")
-    pipeline.add_argument("--providers", choices=PROVIDER_CHOICES, default=defaults.providers,
-                          help="ONNX Runtime execution provider (default: %(default)s)")
-    pipeline.add_argument("--threads", type=int, default=defaults.threads,
-                          help="ONNX Runtime intra-op threads, 0 = its default (default: %(default)s)")
-    pipeline.add_argument("--detector", choices=DETECTOR_MODES, default=defaults.detector,
-                          help="BlazeFace model(s) to use (default: %(default)s)")
-    pipeline.add_argument("--min-confidence", type=float, default=defaults.min_detection_confidence,
-                          help="minimum face detection score (default: %(default)s)")
-    pipeline.add_argument("--max-faces", type=int, default=defaults.max_faces,
-                          help="most faces per frame (default: %(default)s)")
-    pipeline.add_argument("--min-face-size", type=int, default=defaults.min_face_size,
-                          help="ignore faces narrower than this many pixels (default: %(default)s)")
-    pipeline.add_argument("--crop-scale", type=float, default=defaults.crop_scale,
-                          help="face box enlargement before cropping, 0 = the model's (default: %(default)s)")
-    pipeline.add_argument("--align", action="store_true", help="level the eyes before classifying")
-    pipeline.add_argument("--smoothing", type=float, default=defaults.smoothing,
-                          help="weight of the past probabilities in videos, 0 = off (default: %(default)s)")
-    pipeline.add_argument("--max-missed-frames", type=int, default=defaults.max_missed_frames,
-                          help="frames a face may go unseen before its id expires (default: %(default)s)")
-    pipeline.add_argument("--iou-threshold", type=float, default=defaults.iou_threshold,
-                          help="box overlap that continues a face's id (default: %(default)s)")
+    pipeline = parser.add_argument_group("pipeline (the settings of the node's parameters)")
+    for setting in dataclasses.fields(PipelineConfig):
+        flag = setting.metadata.get("flag", "--" + setting.name.replace("_", "-"))
+        description = setting.metadata["description"]
+        if isinstance(setting.default, bool):
+            pipeline.add_argument(flag, dest=setting.name, action="store_true", help=description)
+        else:
+            pipeline.add_argument(flag, dest=setting.name, type=type(setting.default), default=setting.default,
+                                  choices=setting.metadata.get("choices"),
+                                  metavar=None if "choices" in setting.metadata else _METAVARS[type(setting.default)],
+                                  help=f"{description} (default: %(default)r)")
     return parser
 
 
 def _config(args: argparse.Namespace) -> PipelineConfig:
-    return PipelineConfig(
-        model_path=args.model, providers=args.providers, threads=args.threads, detector=args.detector,
-        min_detection_confidence=args.min_confidence, max_faces=args.max_faces,
-        min_face_size=args.min_face_size, crop_scale=args.crop_scale, align=args.align,
-        smoothing=args.smoothing, max_missed_frames=args.max_missed_frames,
-        iou_threshold=args.iou_threshold)
+    return PipelineConfig(**{setting.name: getattr(args, setting.name)
+                             for setting in dataclasses.fields(PipelineConfig)})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,41 +41,14 @@ from wscfer_ros.output import draw_faces, frame_message, largest_face
 from wscfer_ros.pipeline import Pipeline, PipelineConfig
 from wscfer_ros.ros_process import run_node
 
-_PIPELINE_DEFAULTS = PipelineConfig()
-
-# Every parameter: name -> (default, description).  config/wscfer.yaml holds
-# the same names and defaults (a test keeps them equal).  They are read at
-# configure time; changes take effect at the next configure.
+# Every parameter: name -> (default, description): the pipeline's settings
+# (PipelineConfig, which describes them), then the node's own.
+# config/wscfer.yaml holds the same names and defaults (a test keeps them
+# equal).  They are read at configure time; changes take effect at the next
+# configure.
 PARAMETERS = {
-    "model_path": (_PIPELINE_DEFAULTS.model_path,
-                   "ONNX model file; empty: the shipped default model; a bare file name: "
-                   "a model shipped in wscfer_ros/models/"),
-    "providers": (_PIPELINE_DEFAULTS.providers,
-                  "ONNX Runtime execution provider: 'auto' (CUDA when it really works, "
-                  "else CPU), 'cpu' or 'cuda'"),
-    "threads": (_PIPELINE_DEFAULTS.threads,
-                "ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose"),
-    "detector": (_PIPELINE_DEFAULTS.detector,
-                 "MediaPipe face detector: 'short' (faces within about 2 m), 'full' (groups "
-                 "and distant faces) or 'auto'"),
-    "min_detection_confidence": (_PIPELINE_DEFAULTS.min_detection_confidence,
-                                 "minimum face detection score, 0..1"),
-    "max_faces": (_PIPELINE_DEFAULTS.max_faces,
-                  "at most this many faces per frame, the most confident first"),
-    "min_face_size": (_PIPELINE_DEFAULTS.min_face_size,
-                      "ignore faces narrower than this many pixels"),
-    "crop_scale": (_PIPELINE_DEFAULTS.crop_scale,
-                   "enlargement of the detected box before the square crop; 0 uses the "
-                   "model file's crop_scale (the crops it was trained on)"),
-    "align": (_PIPELINE_DEFAULTS.align,
-              "rotate each crop so the eyes are level before classifying"),
-    "smoothing": (_PIPELINE_DEFAULTS.smoothing,
-                  "weight of a face's past probabilities in its smoothed ones, 0..1; 0 turns "
-                  "smoothing off"),
-    "max_missed_frames": (_PIPELINE_DEFAULTS.max_missed_frames,
-                          "forget a face id after this many processed frames without it"),
-    "iou_threshold": (_PIPELINE_DEFAULTS.iou_threshold,
-                      "minimum box overlap (IoU) for a face to keep its id from the last frame"),
+    **{setting.name: (setting.default, setting.metadata["description"])
+       for setting in dataclasses.fields(PipelineConfig)},
     "input": ("raw", "'raw': subscribe sensor_msgs/Image on 'image'; 'compressed': "
                      "sensor_msgs/CompressedImage (jpeg, png) on 'image/compressed'"),
     "qos": ("sensor_data", "input QoS: 'sensor_data' (best effort, as camera drivers "

@@ -6,14 +6,14 @@ smoothed probabilities).  Used as is by the ROS node and by ``wscfer-infer``;
 it imports no ROS.
 """
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
-from .classifier import Classifier
+from .classifier import PROVIDER_CHOICES, Classifier
 from .crops import crop_faces
-from .detector import FaceDetector
+from .detector import DETECTOR_MODES, FaceDetector
 from .tracking import FaceTracker
 
 # Channels each colour needs and the conversion to the detector's RGB.
@@ -22,22 +22,36 @@ _TO_RGB = {"gray": cv2.COLOR_GRAY2RGB, "bgr": cv2.COLOR_BGR2RGB,
            "bgra": cv2.COLOR_BGRA2RGB, "rgba": cv2.COLOR_RGBA2RGB}
 
 
+def _setting(default, description: str, **cli):
+    """A PipelineConfig field: its default and the one description that the node's
+    parameter descriptor and wscfer-infer's flag help both show.  ``cli`` may
+    name the flag (``flag``) and its ``choices``."""
+    return field(default=default, metadata={"description": description, **cli})
+
+
 @dataclass
 class PipelineConfig:
-    """Every setting of the pipeline; the ROS parameters and CLI flags map onto these."""
+    """Every setting of the pipeline; the node's parameters and wscfer-infer's flags are made from these fields."""
 
-    model_path: str = ""              # "" = the shipped default model
-    providers: str = "auto"           # "auto" | "cpu" | "cuda"
-    threads: int = 0                  # ONNX Runtime intra-op threads, 0 = its default
-    detector: str = "auto"            # "auto" | "short" | "full", see detector.py
-    min_detection_confidence: float = 0.5
-    max_faces: int = 10
-    min_face_size: int = 16           # pixels; narrower faces are ignored
-    crop_scale: float = 0.0           # 0 = the model file's crop_scale
-    align: bool = False               # roll alignment from the eyes; most exact with detector "full"
-    smoothing: float = 0.5            # weight of the past probabilities, 0 = off
-    max_missed_frames: int = 15
-    iou_threshold: float = 0.3
+    model_path: str = _setting("", "ONNX model file; empty: the shipped default model; a bare file name: "
+                                   "a model shipped in wscfer_ros/models/", flag="--model")
+    providers: str = _setting("auto", "ONNX Runtime execution provider: 'auto' (CUDA when it really works, "
+                                      "else CPU), 'cpu' or 'cuda'", choices=PROVIDER_CHOICES)
+    threads: int = _setting(0, "ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose")
+    detector: str = _setting("auto", "MediaPipe face detector: 'short' (faces within about 2 m), 'full' "
+                                     "(groups and distant faces) or 'auto' (see detector.py)",
+                             choices=DETECTOR_MODES)
+    min_detection_confidence: float = _setting(0.5, "minimum face detection score, 0..1", flag="--min-confidence")
+    max_faces: int = _setting(10, "at most this many faces per frame, the most confident first")
+    min_face_size: int = _setting(16, "ignore faces narrower than this many pixels")
+    crop_scale: float = _setting(0.0, "enlargement of the detected box before the square crop; 0 uses the "
+                                      "model file's crop_scale (the crops it was trained on)")
+    align: bool = _setting(False, "rotate each crop so the eyes are level before classifying (most exact "
+                                  "with detector 'full')")
+    smoothing: float = _setting(0.5, "weight of a face's past probabilities in its smoothed ones, 0..1; "
+                                     "0 turns smoothing off")
+    max_missed_frames: int = _setting(15, "forget a face id after this many processed frames without it")
+    iou_threshold: float = _setting(0.3, "minimum box overlap (IoU) for a face to keep its id from the last frame")
 
 
 @dataclass
