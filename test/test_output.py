@@ -81,8 +81,10 @@ def test_label_grows_with_the_box():
 
 
 def test_gray_frames_are_drawn_in_colour():
-    canvas = draw_faces(np.zeros((100, 100), np.uint8), FrameResult([make_face(1, (20, 30, 40, 40))], {}))
-    assert canvas.shape == (100, 100, 3)
+    gray = np.zeros((100, 100), np.uint8)
+    canvas = draw_faces(gray, FrameResult([make_face(1, (20, 30, 40, 40))], {}), "gray")
+    assert canvas.shape == (100, 100, 3) and not gray.any()
+    assert (canvas[30:71, 20] != canvas[30:71, 20, :1]).any()   # the box is coloured, not gray
 
 
 def test_label_goes_inside_a_box_at_the_top_edge():

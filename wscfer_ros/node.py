@@ -35,7 +35,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
-from wscfer_ros.images import (REJECTION_REASONS, ImageError, as_bgr, compressed_to_array,
+from wscfer_ros.images import (REJECTION_REASONS, ImageError, compressed_to_array,
                                fill_image, image_to_array)
 from wscfer_ros.output import draw_faces, frame_message, largest_face
 from wscfer_ros.pipeline import Pipeline, PipelineConfig
@@ -333,7 +333,7 @@ class ExpressionNode(Node):
             self._outputs["expression"].publish(String(data=face.label))
         if "debug_image" in self._outputs:
             debug_image = Image(header=header)
-            fill_image(debug_image, draw_faces(as_bgr(frame.image, frame.color), result), "bgr8")
+            fill_image(debug_image, draw_faces(frame.image, result, frame.color), "bgr8")
             self._outputs["debug_image"].publish(debug_image)
 
     # Diagnostics (executor thread)

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from .images import as_bgr
+
 if TYPE_CHECKING:
     from .pipeline import Face, FrameResult
 
@@ -55,16 +57,16 @@ def largest_face(result: FrameResult) -> Face | None:
     return max(result.faces, key=lambda face: face.box[2] * face.box[3], default=None)
 
 
-def draw_faces(image_bgr: np.ndarray, result: FrameResult) -> np.ndarray:
-    """A copy of the frame with each face's box, id, label and score drawn.
+def draw_faces(image: np.ndarray, result: FrameResult, color: str = "bgr") -> np.ndarray:
+    """A BGR copy of the frame with each face's box, id, label and score drawn.
 
-    Accepts a BGR (H x W x 3) or gray (H x W) uint8 frame; the copy is BGR.
-    The text scales with the box so it stays readable on small and large faces.
+    ``color`` is the frame's (see ``images.as_bgr``); the frame is converted
+    or copied once.  The text scales with the box so it stays readable on
+    small and large faces.
     """
-    if image_bgr.ndim == 2:
-        canvas = cv2.cvtColor(image_bgr, cv2.COLOR_GRAY2BGR)
-    else:
-        canvas = image_bgr.copy()
+    canvas = as_bgr(image, color)
+    if canvas is image:     # already BGR: never draw on the caller's frame
+        canvas = image.copy()
     for face in result.faces:
         x, y, w, h = face.box
         colour = _PALETTE[face.id % len(_PALETTE)]
