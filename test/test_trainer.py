@@ -2,7 +2,6 @@
 import csv
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -18,8 +17,7 @@ import yaml
 from wscfer_train.config import load_config
 from wscfer_train.losses import objective
 from wscfer_train.model import build_model, load_init
-from wscfer_train.trainer import (CSV_FIELDS, Checkpoints, atomic_save, main, open_metrics_csv,
-                                  restore_rng, train)
+from wscfer_train.trainer import CSV_FIELDS, Checkpoints, atomic_save, main, open_metrics_csv, train
 
 CLASSES = ["angry", "happy", "sad"]
 TINY_MODEL = {"arch": "resnet10", "width": 8, "stem": "imagenet", "proj_dim": 16, "init": None}
@@ -240,20 +238,6 @@ def test_every_file_the_trainer_writes_loads_weights_only(reference_run):
         state = torch.load(path, weights_only=True)    # no allow-list: plain tensors and Python values
         assert {"model", "meta", "config"} <= state.keys(), path
     assert not list(run.rglob("*.tmp"))
-
-
-def test_a_checkpoint_from_before_weights_only_files_still_resumes(tmp_path):
-    """Older checkpoints hold numpy's generator state as an array: still loaded weights-only, and restored."""
-    np.random.seed(7)
-    random.seed(7)
-    rng = {"augment": torch.Generator().manual_seed(1).get_state(), "torch": torch.get_rng_state(),
-           "numpy": np.random.get_state(), "python": random.getstate()}
-    expected = (np.random.random(), random.random())
-    torch.save({"global_step": 1, "epoch": 0, "step": 1, "rng": rng}, tmp_path / "ckpt-000000001.pt")
-    np.random.seed(8)
-    random.seed(8)
-    restore_rng(Checkpoints(tmp_path, keep=2).load_newest("cpu")["rng"], torch.Generator())
-    assert (np.random.random(), random.random()) == expected
 
 
 def test_validation_classes_unlike_the_training_classes_are_refused_before_training(tiny_config, tmp_path):

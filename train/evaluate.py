@@ -66,8 +66,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
 
     Loaded with ``weights_only=True``: reading a checkpoint never runs code
     from it.  A rolling training checkpoint (``checkpoints/ckpt-*.pt``) loads
-    too; one written before those were weights-only files holds numpy's
-    generator state and is refused with a message pointing at ``best.pt``.
+    too; any other file is refused with a message pointing at ``best.pt``.
     """
     path = Path(path)
     if not path.is_file():

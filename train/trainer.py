@@ -145,11 +145,6 @@ class CheckpointError(RuntimeError):
     """No checkpoint of the run can be resumed from."""
 
 
-# Checkpoints written before they became weights-only files hold numpy's generator
-# state as an array; these are the numpy types that state needs, nothing else.
-_LEGACY_NUMPY_GLOBALS = [np.core.multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType]
-
-
 class Checkpoints:
     """Rolling training checkpoints ``ckpt-<step>.pt``: the newest ``keep`` are kept."""
 
@@ -177,8 +172,7 @@ class Checkpoints:
         paths = self.paths()
         for path in reversed(paths):
             try:
-                with torch.serialization.safe_globals(_LEGACY_NUMPY_GLOBALS):
-                    state = torch.load(path, map_location=device, weights_only=True)
+                state = torch.load(path, map_location=device, weights_only=True)
             except Exception as error:  # torch raises many types for a truncated or corrupt file
                 log.warning("checkpoint %s (%d bytes) is unreadable, skipped: %s", path, path.stat().st_size,
                             _reason(error))
@@ -213,10 +207,8 @@ def restore_rng(states: dict, aug_generator: torch.Generator) -> None:
     aug_generator.set_state(states["augment"].cpu())
     torch.set_rng_state(states["torch"].cpu())
     numpy = states["numpy"]
-    if isinstance(numpy, dict):   # else the tuple itself, from a checkpoint older than weights-only files
-        numpy = ("MT19937", numpy["key"].cpu().numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
-                 numpy["gauss"])
-    np.random.set_state(numpy)
+    np.random.set_state(("MT19937", numpy["key"].cpu().numpy().astype(np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["gauss"]))
     random.setstate(states["python"])
 
 
