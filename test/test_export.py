@@ -13,7 +13,8 @@ from wscfer_ros.classifier import Classifier
 from wscfer_train import export as export_module
 from wscfer_train.augment import prepare_eval
 from wscfer_train.config import load_config
-from wscfer_train.evaluate import load_checkpoint
+from wscfer_train.data import data_root, load_dataset
+from wscfer_train.evaluate import evaluate, load_checkpoint, open_onnx
 from wscfer_train.export import FP32_MAX_DIFF, RELATIVE_BOUNDS, export, main, model_metadata
 from wscfer_train.model import build_model
 
@@ -25,7 +26,7 @@ FACT_KEYS = {"dataset", "val_dataset", "epochs", "best_epoch", "val_accuracy", "
              "val_per_class_recall", "loss", "arch", "label_noise", "precision", "exported_by"}
 
 
-def write_checkpoint(path, class_names=FER_CLASSES, color="gray", size=48, seed=0):
+def write_checkpoint(path, class_names=FER_CLASSES, color="gray", size=48, seed=0, class_counts=None):
     """A ``best.pt`` as wscfer-train writes it, for a tiny ResNet-10 with non-trivial BatchNorm statistics.
 
     Fresh BatchNorm layers are identities (mean 0, variance 1, the last of
@@ -52,6 +53,8 @@ def write_checkpoint(path, class_names=FER_CLASSES, color="gray", size=48, seed=
             "label_noise": {"fraction": 0.0, "seed": 0, "flipped": 0},
             "val": {"accuracy": 0.61234, "mean_recall": 0.55, "epoch": 2,
                     "per_class_recall": {name: 0.5 for name in class_names}}}
+    if class_counts is not None:
+        meta["class_counts"] = class_counts
     torch.save({"model": model.state_dict(), "meta": meta, "config": cfg}, path)
     return path
 
@@ -246,3 +249,28 @@ def test_weights_a_run_started_from_and_its_teachers_are_named_in_the_metadata(c
     assert model_metadata(meta, staged, "fp32")["init"] == "runs/stage1/best.pt"
     distilled = {**meta, "teachers": ["runs/a/best.pt", "runs/b/best.pt"]}
     assert json.loads(model_metadata(distilled, cfg, "fp32")["teachers"]) == ["runs/a/best.pt", "runs/b/best.pt"]
+
+
+def test_logit_adjustment_subtracts_the_log_prior_and_reports_the_exported_networks_accuracy(fer2013_dir, tmp_path):
+    counts = [40, 5, 40, 70, 50, 30, 50]
+    checkpoint = write_checkpoint(tmp_path / "best.pt", class_counts=counts)
+    report = export(checkpoint, tmp_path / "adjusted.onnx", logit_adjustment=1.0)
+    export(checkpoint, tmp_path / "plain.onnx")
+
+    inputs = {"input": normalised(faces(8))}
+    adjusted, plain = (session(tmp_path / name).run(None, inputs)[0] for name in ("adjusted.onnx", "plain.onnx"))
+    shift = adjusted - plain
+    np.testing.assert_allclose(shift, np.broadcast_to(-np.log(np.array(counts) / sum(counts)), shift.shape), atol=1e-4)
+    metadata = report["metadata"]
+    assert json.loads(metadata["logit_adjustment"]) == 1.0
+    val = load_dataset({"format": "fer2013_folder", "root": "fer2013/val"}, size=48, color="gray",
+                       data_root=data_root())
+    measured = evaluate(open_onnx(tmp_path / "adjusted.onnx", "cpu"), val)
+    assert json.loads(metadata["val_accuracy"]) == pytest.approx(measured["accuracy"], abs=1e-4)
+    assert json.loads(metadata["val_mean_recall"]) == pytest.approx(measured["mean_recall"], abs=1e-4)
+
+
+def test_logit_adjustment_without_training_class_counts_is_refused(checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="needs the training class counts"):
+        export(checkpoint, tmp_path / "m.onnx", logit_adjustment=1.0)
+    assert not (tmp_path / "m.onnx").exists()

@@ -115,6 +115,7 @@ def test_training_run_writes_metrics_best_checkpoint_and_csv(tiny_config, tmp_pa
     assert len(rows) == 1 + 2 and rows[0].startswith("epoch,step,lr,loss")
     saved = torch.load(run / "best.pt", weights_only=True)
     assert saved["meta"]["class_names"] == CLASSES and saved["meta"]["input_size"] == [24, 24]
+    assert saved["meta"]["class_counts"] == [8, 8, 8]      # the prior wscfer-export --logit-adjustment uses
     assert len(list((run / "checkpoints").glob("ckpt-*.pt"))) == 2
     assert list((run / "tb").iterdir()), "TensorBoard events written"
 

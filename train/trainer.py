@@ -275,7 +275,8 @@ def train(cfg: dict, resume: bool = False) -> dict:
             "mean": data_cfg["mean"], "std": data_cfg["std"], "crop_scale": data_cfg["crop_scale"],
             "dataset": train_set.name, "epochs": optim["epochs"], "loss": loss_cfg["aux"],
             "arch": f"{cfg['model']['arch']}-w{cfg['model']['width']}-{cfg['model']['stem']}",
-            "label_noise": noise, "teachers": loss_cfg["teachers"]}
+            "label_noise": noise, "teachers": loss_cfg["teachers"],
+            "class_counts": np.bincount(train_set.labels, minlength=len(class_names)).tolist()}
     start_epoch, start_step, best = 0, 0, {"accuracy": -1.0}
     if state is not None:
         model.load_state_dict(state["model"])
@@ -366,7 +367,8 @@ def train(cfg: dict, resume: bool = False) -> dict:
             means = {name: float(total) / max(count, 1) for name, total in sums.items()}
             row = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "lr": scheduler.get_last_lr()[0],
                    "loss": means.get("loss"), "cls": means.get("cls"),
-                   "aux": means.get("wsc", means.get("simclr", means.get("supcon"))), "pcl": means.get("pcl"), "kd": means.get("kd"),
+                   "aux": means.get("wsc", means.get("simclr", means.get("supcon"))), "pcl": means.get("pcl"),
+                   "kd": means.get("kd"),
                    "images_per_s": round(rate, 1), "val_accuracy": metrics["accuracy"],
                    "val_mean_recall": metrics["mean_recall"], "elapsed_s": round(time.monotonic() - started, 1)}
             csv_log.writerow(row)
