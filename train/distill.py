@@ -27,13 +27,17 @@ class TeacherError(ValueError):
 
 
 def soft_targets(paths: list[str], dataset: FaceDataset, temperature: float, device: torch.device,
-                 batch_size: int) -> torch.Tensor:
-    """[N, C] float32 soft targets for ``dataset.images``; each row sums to 1."""
+                 batch_size: int, report: bool = True) -> torch.Tensor:
+    """[N, C] float32 soft targets for ``dataset.images``; each row sums to 1.
+
+    ``report``: show a progress bar and log how often the targets agree with
+    the labels (off on all but one rank of a distributed run).
+    """
     if not temperature > 0:
         raise TeacherError(f"loss.distill_temperature must be positive, got {temperature}")
     mirrored = np.ascontiguousarray(dataset.images[:, :, ::-1])
     total = torch.zeros(len(dataset.images), len(dataset.class_names))
-    with tqdm(total=2 * len(paths), desc="teacher soft targets", unit="pass") as bar:
+    with tqdm(total=2 * len(paths), desc="teacher soft targets", unit="pass", disable=not report) as bar:
         for path in paths:
             teacher, meta = _load_teacher(path, dataset, device)
             for images in (dataset.images, mirrored):
@@ -41,9 +45,10 @@ def soft_targets(paths: list[str], dataset: FaceDataset, temperature: float, dev
                 total += torch.softmax(torch.from_numpy(logits) / temperature, dim=1)
                 bar.update()
     targets = total / (2 * len(paths))
-    agreement = float((targets.argmax(1).numpy() == dataset.labels).mean())
-    log.info("soft targets from %d teacher(s) at T=%g: their arg-max matches %.1f %% of the training labels",
-             len(paths), temperature, 100 * agreement)
+    if report:
+        agreement = float((targets.argmax(1).numpy() == dataset.labels).mean())
+        log.info("soft targets from %d teacher(s) at T=%g: their arg-max matches %.1f %% of the training labels",
+                 len(paths), temperature, 100 * agreement)
     return targets
 
 

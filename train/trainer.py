@@ -311,7 +311,7 @@ def train(cfg: dict, resume: bool = False) -> dict:
     targets = None
     if loss_cfg["teachers"]:
         targets = soft_targets(loss_cfg["teachers"], train_set, loss_cfg["distill_temperature"], device,
-                               cfg["train"]["eval_batch_size"]).to(device)
+                               cfg["train"]["eval_batch_size"], report=rank == 0).to(device)
     local = 2 * batch
     pair = torch.arange(local * world, device=device)
     pair = pair - pair % local + (pair % local + batch) % local     # the other view, within each rank's block
