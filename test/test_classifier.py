@@ -1,5 +1,6 @@
 """The model-file contract, batched prediction and the execution provider choice."""
 import json
+import time
 from pathlib import Path
 
 import cv2
@@ -263,3 +264,19 @@ def test_cpu_on_request(models):
 def test_bad_settings_are_rejected(models, kwargs):
     with pytest.raises(ValueError):
         Classifier(str(models["gray"]), **kwargs)
+
+
+def idle_cpu_seconds_after_a_call(classifier: Classifier, pause_s: float = 0.2) -> float:
+    """CPU time this process spends while sleeping ``pause_s`` right after a prediction."""
+    crops = np.zeros((4, *classifier.input_size), np.uint8)
+    classifier.predict(crops)
+    classifier.predict(crops)
+    started = time.process_time()
+    time.sleep(pause_s)
+    return time.process_time() - started
+
+
+def test_onnx_runtime_threads_rest_between_frames_unless_busy_wait_is_asked_for():
+    """ONNX Runtime's threads spin for about 40 ms after each call by default: a core burnt at camera rate."""
+    assert idle_cpu_seconds_after_a_call(Classifier(threads=2)) < 0.005
+    assert idle_cpu_seconds_after_a_call(Classifier(threads=2, busy_wait=True)) > 0.01
