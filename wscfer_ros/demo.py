@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -93,9 +94,13 @@ def main(argv=None) -> int:
         node_args += ["-p", f"model_path:={Path(args.model).resolve()}"]
     print(f"camera source: {source}; Ctrl-C stops", flush=True)
 
-    # Ctrl-C reaches the children too (same process group); SIGTERM is
-    # turned into the same KeyboardInterrupt so both end the demo the same way.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # Ctrl-C reaches the children too (same process group).  SIGINT and SIGTERM
+    # only set a flag that the loop checks: a KeyboardInterrupt raised at an
+    # arbitrary point inside rclpy's executor can be swallowed there, and the
+    # demo would then run on until --duration.
+    stop_requested = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop_requested.set())
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     listener = rclpy.create_node("wscfer_demo")
     listener.create_subscription(
@@ -108,7 +113,7 @@ def main(argv=None) -> int:
     deadline = time.monotonic() + args.duration if args.duration else float("inf")
     exit_status = 0
     try:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not stop_requested.is_set():
             stopped = {name: p.returncode for name, p in children.items() if p.poll() is not None}
             if stopped:
                 for name, status in stopped.items():
@@ -116,8 +121,6 @@ def main(argv=None) -> int:
                 exit_status = 1 if any(stopped.values()) else 0
                 break
             executor.spin_once(timeout_sec=0.2)
-    except KeyboardInterrupt:
-        pass
     except BrokenPipeError:   # the reader went away (e.g. `| head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
