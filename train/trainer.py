@@ -4,17 +4,17 @@
     torchrun --nproc_per_node 4 -m wscfer_train.trainer --config ...     # several GPUs (DDP)
 
 Each step takes a batch of stored uint8 images, makes two augmented views of
-each on the training device, and minimises L_cls + lambda * L_aux (+ PCL),
-see ``losses.objective``; with ``loss.teachers``, L_cls is mixed with
-distillation towards the teachers' soft targets (``distill.py``).  The run folder holds ``config.yaml``,
-``run.json`` (data summary, label noise), ``metrics.csv``, TensorBoard
-events in ``tb/``, rolling checkpoints in ``checkpoints/`` and ``best.pt``
-(the epoch with the best validation accuracy).  ``--resume`` continues from
-the newest readable checkpoint exactly where it stopped: model, optimiser,
-schedule, grad scaler, random generators and position in the epoch.  A
-checkpoint is written to a temporary file and renamed, so a crash or
-``kill -9`` never leaves half of one; a corrupt one is reported and the one
-before it used.  Every file the trainer writes loads with
+each on the training device, and minimises L_cls + lambda * L_aux (+ PCL), see
+``losses.objective``; with ``loss.teachers``, L_cls is mixed with distillation
+towards the teachers' soft targets (``distill.py``). The run folder holds
+``config.yaml``, ``run.json`` (data summary, label noise), ``metrics.csv``,
+TensorBoard events in ``tb/``, rolling checkpoints in ``checkpoints/`` and
+``best.pt`` (the epoch with the best validation accuracy). ``--resume``
+continues from the newest readable checkpoint exactly where it stopped: model,
+optimiser, schedule, grad scaler, random generators and position in the epoch.
+A checkpoint is written to a temporary file and renamed, so a crash or ``kill
+-9`` never leaves half of one; a corrupt one is reported and the one before it
+used. Every file the trainer writes loads with
 ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
