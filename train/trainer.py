@@ -12,9 +12,9 @@ TensorBoard events in ``tb/``, rolling checkpoints in ``checkpoints/`` and
 ``best.pt`` (the epoch with the best validation accuracy). ``--resume``
 continues from the newest readable checkpoint exactly where it stopped: model,
 optimiser, schedule, grad scaler, random generators and position in the epoch.
-A checkpoint is written to a temporary file and renamed, so a crash or ``kill
--9`` never leaves half of one; a corrupt one is reported and the one before it
-used. Every file the trainer writes loads with
+A checkpoint is written to a temporary file and renamed, so a crash or
+``kill -9`` never leaves half of one; a corrupt one is reported and the one
+before it used. Every file the trainer writes loads with
 ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
