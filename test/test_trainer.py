@@ -412,3 +412,18 @@ def test_a_teacher_trained_on_other_images_stops_the_cli_with_one_clear_error(re
     assert len(errors) == 1 and "was trained on" in errors[0].getMessage()
     assert "'input_size': [24, 24]" in errors[0].getMessage()
     assert not list((tmp_path / "run").rglob("*.pt"))
+
+
+@pytest.mark.parametrize("setting, value", [("distill_weight", 1.5), ("distill_weight", -0.1),
+                                            ("distill_temperature", 0.0)])
+def test_distillation_settings_out_of_range_stop_the_cli_with_one_clear_error(reference_run, tmp_path, caplog,
+                                                                              setting, value):
+    cfg, _ = reference_run
+    student = make_tiny_config(tmp_path)
+    student["loss"].update({"teachers": [str(Path(cfg["run"]["out_dir"]) / "best.pt")], setting: value})
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(student))
+
+    assert main(["--config", str(config)]) == 1
+    errors = [record for record in caplog.records if record.levelname == "ERROR"]
+    assert len(errors) == 1 and f"loss.{setting} must be" in errors[0].getMessage()

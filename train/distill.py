@@ -26,6 +26,14 @@ class TeacherError(ValueError):
     """A teacher checkpoint cannot be read or does not fit the training data."""
 
 
+def check_settings(loss_cfg: dict) -> None:
+    """Refuse distillation settings that would train something other than what was meant."""
+    if not 0.0 <= loss_cfg["distill_weight"] <= 1.0:
+        raise TeacherError(f"loss.distill_weight must be within 0..1, got {loss_cfg['distill_weight']}")
+    if not loss_cfg["distill_temperature"] > 0:
+        raise TeacherError(f"loss.distill_temperature must be positive, got {loss_cfg['distill_temperature']}")
+
+
 def soft_targets(paths: list[str], dataset: FaceDataset, temperature: float, device: torch.device,
                  batch_size: int, report: bool = True) -> torch.Tensor:
     """[N, C] float32 soft targets for ``dataset.images``; each row sums to 1.
@@ -33,8 +41,6 @@ def soft_targets(paths: list[str], dataset: FaceDataset, temperature: float, dev
     ``report``: show a progress bar and log how often the targets agree with
     the labels (off on all but one rank of a distributed run).
     """
-    if not temperature > 0:
-        raise TeacherError(f"loss.distill_temperature must be positive, got {temperature}")
     mirrored = np.ascontiguousarray(dataset.images[:, :, ::-1])
     total = torch.zeros(len(dataset.images), len(dataset.class_names))
     with tqdm(total=2 * len(paths), desc="teacher soft targets", unit="pass", disable=not report) as bar:

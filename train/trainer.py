@@ -40,7 +40,7 @@ from tqdm import tqdm
 from .augment import Augment
 from .config import load_config
 from .data import DatasetError, data_root, flip_labels, load_dataset
-from .distill import TeacherError, soft_targets
+from .distill import TeacherError, check_settings, soft_targets
 from .evaluate import evaluate_model
 from .losses import objective
 from .model import build_model, load_init
@@ -243,6 +243,8 @@ def train(cfg: dict, resume: bool = False) -> dict:
     state = checkpoints.load_newest(device) if resume else None
     if resume and state is None:
         log.info("--resume: no checkpoint in %s, starting from scratch", checkpoints.folder)
+    if cfg["loss"]["teachers"]:
+        check_settings(cfg["loss"])
     train_set, val_set, noise = load_data(cfg, rank)
     data_cfg, optim, loss_cfg = cfg["data"], cfg["optim"], cfg["loss"]
     if data_cfg["mean"] is None or data_cfg["std"] is None:
