@@ -134,11 +134,11 @@ def encoded_image_problem(encoded: np.ndarray) -> tuple[str, str] | None:
 def declared_size(encoded: np.ndarray) -> tuple[int, int] | None:
     """Width and height a PNG or JPEG header announces, without decoding; None if not found."""
     # The size comes before any pixel data, within the first segments (an
-    # EXIF block can hold up to 64 kB): no need to copy a whole frame.
-    data = encoded[:_HEADER_BYTES].tobytes()
-    if data.startswith(_PNG_SIGNATURE) and data[12:16] == b"IHDR" and len(data) >= 24:
+    # EXIF block can hold up to 64 kB); read in place, nothing is copied.
+    data = memoryview(encoded)[:_HEADER_BYTES]
+    if len(data) >= 24 and data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR":
         return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    if not data.startswith(b"\xff\xd8"):
+    if data[:2] != b"\xff\xd8":
         return None
     position = 2
     while position + 4 <= len(data) and data[position] == 0xFF:
