@@ -23,12 +23,17 @@ as it is, then widened to fp32 first):
 ``--models`` adds other files as they are (e.g. a distilled student).  A
 second table compares ONNX Runtime session options on a raw session of
 ``--model``, and the cost ``Classifier.predict`` adds around ``session.run``.
+A third paces the calls as a camera does (``--rate``, default 30 Hz) with
+``busy_wait`` off and on: back-to-back calls hide what busy-waiting costs,
+the CPU time its threads burn between frames ("CPU per call" counts this
+process's CPU time over the whole interval, spinning included).
 """
 from __future__ import annotations
 
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +197,30 @@ def session_option_rows(fp32_path: Path, faces_list, repeat, warmup) -> list[lis
     return rows
 
 
+def paced_rows(model: Path, faces_list, rate: float, calls: int) -> list[list[str]]:
+    """Classifier.predict called ``rate`` times a second, busy_wait off and on: latency and CPU per call."""
+    from wscfer_ros.classifier import Classifier
+
+    rows = []
+    for busy_wait in (False, True):
+        classifier = Classifier(str(model), providers="cpu", threads=2, busy_wait=busy_wait)
+        for faces in faces_list:
+            crops = random_crops(classifier, faces)
+            time_calls(lambda: classifier.predict(crops), 0, 5)
+            samples, cpu_started = np.empty(calls), time.process_time()
+            next_call = time.perf_counter()
+            for index in range(calls):
+                started = time.perf_counter()
+                classifier.predict(crops)
+                samples[index] = (time.perf_counter() - started) * 1000.0
+                next_call += 1.0 / rate
+                time.sleep(max(0.0, next_call - time.perf_counter()))
+            cpu_per_call = (time.process_time() - cpu_started) * 1000.0 / calls
+            rows.append([f"busy_wait {str(busy_wait).lower()}", faces, ms(np.percentile(samples, 50)),
+                         ms(np.percentile(samples, 95)), ms(cpu_per_call)])
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argument_parser(__doc__)
     add_model_argument(parser)
@@ -207,8 +236,10 @@ def main(argv=None) -> int:
     parser.add_argument("--no-variants", action="store_true",
                         help="measure --model (and --models) only, derive no precision variants")
     parser.add_argument("--no-session-options", action="store_true", help="leave out the session-options table")
+    parser.add_argument("--rate", type=float, default=30.0, help="calls per second of the paced table (default 30)")
     args = parser.parse_args(argv)
     check_positive(parser, "--repeat", args.repeat)
+    check_positive(parser, "--rate", args.rate)
     for value in args.faces:
         check_positive(parser, "--faces", value)
     if any(threads < 0 for threads in args.threads):
@@ -242,6 +273,10 @@ def main(argv=None) -> int:
                 print(f"ONNX Runtime session options, {model.name}, CPU (ms per call)\n")
                 print_table(["setting", "faces", "p50", "p95", "p99"],
                             session_option_rows(model, args.faces, args.repeat, args.warmup))
+            print(f"\nClassifier.predict paced at {args.rate:g} Hz, CPU, 2 threads, {model.name} "
+                  f"({args.repeat} calls per row; ms)\n")
+            print_table(["setting", "faces", "p50", "p95", "CPU per call"],
+                        paced_rows(model, args.faces, args.rate, args.repeat))
     except BenchmarkError as error:
         print(f"bench_classifier: error: {error}", file=sys.stderr)
         return 1
