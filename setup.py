@@ -62,6 +62,7 @@ setup(
             "wscfer-train = wscfer_train.trainer:main",
             "wscfer-eval = wscfer_train.evaluate:main",
             "wscfer-export = wscfer_train.export:main",
+            "wscfer-fetch-weights = wscfer_train.registry:main",
         ],
     },
 )

@@ -20,7 +20,7 @@ from wscfer_train.model import build_model, load_init
 from wscfer_train.trainer import CSV_FIELDS, Checkpoints, atomic_save, main, open_metrics_csv, train
 
 CLASSES = ["angry", "happy", "sad"]
-TINY_MODEL = {"arch": "resnet10", "width": 8, "stem": "imagenet", "proj_dim": 16, "init": None}
+TINY_MODEL = {"arch": "resnet10", "width": 8, "stem": "imagenet", "pretrained": False, "proj_dim": 16, "init": None}
 
 
 def write_folder_dataset(root, per_class=8, size=24, seed=0):

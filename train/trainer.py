@@ -40,10 +40,10 @@ from tqdm import tqdm
 from .augment import Augment
 from .config import load_config
 from .data import DatasetError, data_root, flip_labels, load_dataset
-from .distill import TeacherError, check_settings, soft_targets
+from .distill import TeacherError, cached_soft_targets, check_settings
 from .evaluate import evaluate_model
 from .losses import objective
-from .model import build_model, load_init
+from .model import arch_name, build_model, load_init, load_pretrained, pretrained_normalisation
 
 log = logging.getLogger("wscfer_train")
 
@@ -70,6 +70,26 @@ def setup_device(train_cfg: dict) -> tuple[int, int, torch.device]:
     if train_cfg["threads"]:
         torch.set_num_threads(train_cfg["threads"])
     return rank, world, device
+
+
+def autocast_dtype(amp, device: torch.device) -> torch.dtype | None:
+    """The mixed-precision dtype ``train.amp`` asks for on ``device`` (None: fp32).
+
+    ``true``/``auto``: bf16 where the hardware computes it natively (CUDA with
+    bf16, or a CPU with AVX-512 BF16), fp16
+    on older GPUs, fp32 elsewhere; ``bf16`` / ``fp16`` force one; ``false`` is fp32.
+    """
+    if amp in (False, "off"):
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        return torch.float16
+    if amp not in (True, "auto"):
+        raise ValueError(f"train.amp must be true, false, auto, bf16 or fp16, got {amp!r}")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if device.type == "cpu" and torch.cpu._is_avx512_bf16_supported() else None
 
 
 def seed_everything(seed: int) -> None:
@@ -248,11 +268,14 @@ def train(cfg: dict, resume: bool = False) -> dict:
     train_set, val_set, noise = load_data(cfg, rank)
     data_cfg, optim, loss_cfg = cfg["data"], cfg["optim"], cfg["loss"]
     if data_cfg["mean"] is None or data_cfg["std"] is None:
-        data_cfg["mean"], data_cfg["std"] = channel_stats(train_set.images)
+        pretrained = cfg["model"]["pretrained"] and pretrained_normalisation(cfg["model"]["arch"], data_cfg["color"])
+        data_cfg["mean"], data_cfg["std"] = pretrained or channel_stats(train_set.images)
     class_names = train_set.class_names
     in_channels = 1 if data_cfg["color"] == "gray" else 3
 
     model = build_model(cfg["model"], len(class_names), in_channels)
+    if cfg["model"]["pretrained"] and not resume:
+        load_pretrained(model)
     if cfg["model"]["init"] and not resume:
         load_init(model, cfg["model"]["init"])
     model.to(device)
@@ -266,9 +289,7 @@ def train(cfg: dict, resume: bool = False) -> dict:
     optimizer = make_optimizer(model, optim)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(total_steps, int(optim["warmup_epochs"] * steps_per_epoch)))
-    amp_dtype = None
-    if cfg["train"]["amp"] and device.type == "cuda":
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    amp_dtype = autocast_dtype(cfg["train"]["amp"], device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     augment = Augment(cfg["augment"], data_cfg["mean"], data_cfg["std"])
     aug_generator = torch.Generator(device=device).manual_seed(seed * 1000 + rank)
@@ -276,7 +297,7 @@ def train(cfg: dict, resume: bool = False) -> dict:
     meta = {"class_names": class_names, "input_size": [data_cfg["size"]] * 2, "color": data_cfg["color"],
             "mean": data_cfg["mean"], "std": data_cfg["std"], "crop_scale": data_cfg["crop_scale"],
             "dataset": train_set.name, "epochs": optim["epochs"], "loss": loss_cfg["aux"],
-            "arch": f"{cfg['model']['arch']}-w{cfg['model']['width']}-{cfg['model']['stem']}",
+            "arch": arch_name(cfg["model"]), "precision_trained": str(amp_dtype or torch.float32).split(".")[-1],
             "label_noise": noise, "teachers": loss_cfg["teachers"],
             "class_counts": np.bincount(train_set.labels, minlength=len(class_names)).tolist()}
     start_epoch, start_step, best = 0, 0, {"accuracy": -1.0}
@@ -312,8 +333,8 @@ def train(cfg: dict, resume: bool = False) -> dict:
     labels = torch.from_numpy(train_set.labels).to(device)
     targets = None
     if loss_cfg["teachers"]:
-        targets = soft_targets(loss_cfg["teachers"], train_set, loss_cfg["distill_temperature"], device,
-                               cfg["train"]["eval_batch_size"], report=rank == 0).to(device)
+        targets = cached_soft_targets(out_dir / "soft_targets.pt", loss_cfg, train_set, device,
+                                      cfg["train"]["eval_batch_size"], report=rank == 0).to(device)
     local = 2 * batch
     pair = torch.arange(local * world, device=device)
     pair = pair - pair % local + (pair % local + batch) % local     # the other view, within each rank's block

