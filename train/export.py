@@ -35,6 +35,11 @@ the mean per-class recall; TAU = 1 targets the balanced error.  The network
 is then evaluated again on the run's validation set, so the metadata's
 ``val_*`` figures are those of the exported network.
 
+``--peer NAME[:WEIGHT]`` (repeatable) exports an ensemble: the network's
+class probabilities averaged with those of published peers (face-api,
+human-models), each run inside the graph with its own preprocessing
+(``ensemble.py``); validation is measured again on the ensemble.
+
 The casts and multiplications of fp16 and int8 have constant inputs, so ONNX
 Runtime folds them when it loads the file and runs the same float32 graph
 with rounded weights.
@@ -65,7 +70,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .augment import prepare_eval
 from .data import IMAGE_SUFFIXES, SkipImage, decode_image, data_root, load_dataset
+from .ensemble import Ensemble, parse_peer
 from .evaluate import evaluate_model, load_checkpoint
+from .registry import FetchError
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +111,15 @@ class _Logits(torch.nn.Module):
 
 def export(checkpoint: str | Path, output: str | Path, precision: str = "fp32", calibration: str | None = None,
            crop_scale: float | None = None, opset: int = 17, *, static_int8: bool = False,
-           calibration_count: int = CALIBRATION_IMAGES, logit_adjustment: float = 0.0) -> dict:
+           calibration_count: int = CALIBRATION_IMAGES, logit_adjustment: float = 0.0,
+           peers: tuple[tuple[str, float], ...] = ()) -> dict:
     """Export ``checkpoint`` (a ``best.pt``) to the ONNX file ``output``; returns the report.
 
     ``calibration`` names real face images (a dataset spec as YAML, or a
     folder searched recursively), used for the parity check and, with
     ``static_int8``, to calibrate the activation ranges.  ``crop_scale``
-    overrides the checkpoint's; ``logit_adjustment`` is TAU above.  Raises
+    overrides the checkpoint's; ``logit_adjustment`` is TAU above; ``peers``
+    (name, weight) pairs make the file an ensemble (``--peer``).  Raises
     ExportError when the parity check fails, ValueError / FileNotFoundError
     for bad arguments or inputs.
     """
@@ -125,6 +134,10 @@ def export(checkpoint: str | Path, output: str | Path, precision: str = "fp32", 
     model, meta, cfg = load_checkpoint(checkpoint)
     if logit_adjustment:
         meta = adjust_logits(model, meta, cfg, logit_adjustment)
+    if peers:
+        model = Ensemble(model, meta["mean"], meta["std"], meta["class_names"], list(peers)).eval()
+        meta = {**meta, "ensemble": [{"peer": name, "weight": weight} for name, weight in peers],
+                "val": measure_val(model, meta, cfg, f"ensemble with {', '.join(name for name, _ in peers)}")}
     metadata = model_metadata(meta, cfg, stored_as, crop_scale)
     height, width = meta["input_size"]
     channels = 1 if meta["color"] == "gray" else 3
@@ -188,15 +201,19 @@ def adjust_logits(model: torch.nn.Module, meta: dict, cfg: dict, tau: float) -> 
                          f"{dict(zip(meta['class_names'], counts.int().tolist()))}")
     with torch.no_grad():
         model.classifier.bias -= tau * torch.log(counts / counts.sum())
+    return {**meta, "val": measure_val(model, meta, cfg, f"logit adjustment {tau:g}"), "logit_adjustment": tau}
+
+
+def measure_val(model: torch.nn.Module, meta: dict, cfg: dict, change: str) -> dict:
+    """``meta["val"]`` measured anew for ``model`` on the run's validation set, after ``change``."""
     data = cfg["data"]
     val_set = load_dataset(data["val"], size=data["size"], color=data["color"], data_root=data_root())
     metrics = evaluate_model(model, val_set, meta["mean"], meta["std"], 512, torch.device("cpu"))
     before = meta.get("val", {})
-    log.info("logit adjustment %g: validation accuracy %.4f, mean recall %.4f (before: %.4f, %.4f)", tau,
+    log.info("%s: validation accuracy %.4f, mean recall %.4f (before: %.4f, %.4f)", change,
              metrics["accuracy"], metrics["mean_recall"], before.get("accuracy", float("nan")),
              before.get("mean_recall", float("nan")))
-    val = {**before, **{key: metrics[key] for key in ("accuracy", "mean_recall", "per_class_recall")}}
-    return {**meta, "val": val, "logit_adjustment": tau}
+    return {**before, **{key: metrics[key] for key in ("accuracy", "mean_recall", "per_class_recall")}}
 
 
 def model_metadata(meta: dict, cfg: dict, precision: str, crop_scale: float | None = None) -> dict[str, str]:
@@ -227,6 +244,7 @@ def model_metadata(meta: dict, cfg: dict, precision: str, crop_scale: float | No
         "arch": meta.get("arch"),
         "label_noise": json.dumps(meta["label_noise"]) if "label_noise" in meta else None,
         "logit_adjustment": json.dumps(meta["logit_adjustment"]) if meta.get("logit_adjustment") else None,
+        "ensemble": json.dumps(meta["ensemble"]) if meta.get("ensemble") else None,
         "precision": precision,
         "exported_by": "wscfer-export",
     }
@@ -322,6 +340,8 @@ def _torch_to_onnx(model: torch.nn.Module, path: Path, input_shape: tuple[int, i
     example = torch.zeros((2,) + input_shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
+        # The contract fixes the input size, so sizes the tracer turns into constants are constants.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(_Logits(model).eval(), (example,), str(path), dynamo=False, opset_version=opset,
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True,
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
@@ -410,6 +430,9 @@ def main(argv=None) -> int:
     parser.add_argument("--crop-scale", type=float, help="override the checkpoint's crop_scale in the metadata")
     parser.add_argument("--logit-adjustment", type=float, default=0.0, metavar="TAU",
                         help="subtract TAU * log(training class prior) from the logits (see above; default 0)")
+    parser.add_argument("--peer", action="append", default=[], metavar="NAME[:WEIGHT]",
+                        help="average the network's probabilities with a published peer's "
+                             "(face-api, human-models; weight default 1, the network's is 1); repeatable")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     args = parser.parse_args(argv)
     if args.static_int8 and (args.precision != "int8" or not args.calibration):
@@ -420,8 +443,8 @@ def main(argv=None) -> int:
     try:
         report = export(args.checkpoint, args.output, args.precision, args.calibration, args.crop_scale, args.opset,
                         static_int8=args.static_int8, calibration_count=args.calibration_count,
-                        logit_adjustment=args.logit_adjustment)
-    except (ExportError, OSError, ValueError) as error:
+                        logit_adjustment=args.logit_adjustment, peers=tuple(parse_peer(p) for p in args.peer))
+    except (ExportError, OSError, ValueError, FetchError) as error:
         print(f"wscfer-export: error: {error}", file=sys.stderr)
         return 1
     print(json.dumps(report, indent=2))

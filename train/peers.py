@@ -8,9 +8,9 @@
   in FER2013 order; trained on FER2013 Training, so on those images it is
   over-confident (a teacher of them wants a high temperature).
 
-``load_peer(name)`` gives a ``Peer``: a module that maps uint8 faces (gray
-``[N, S, S]`` or RGB ``[N, S, S, 3]``, any S) to logits over the canonical
-class names, doing the peer's own resizing, colour and normalisation.
+``load_peer(name)`` gives a ``Peer``: a module that maps face pixels (gray
+or RGB, any size) to logits, doing the peer's own resizing, colour and
+normalisation; ``Peer.logits`` takes uint8 faces and orders the classes.
 """
 from __future__ import annotations
 
@@ -40,23 +40,25 @@ class Peer(nn.Module):
         self.class_names = list(class_names)
 
     def logits(self, faces: np.ndarray, class_names=CANONICAL, batch_size: int = 256) -> np.ndarray:
-        """Logits ``[N, len(class_names)]`` in ``class_names`` order, batched, no gradient."""
+        """Logits ``[N, len(class_names)]`` in ``class_names`` order for uint8 faces, batched, no gradient."""
         order = [self.class_names.index(name) for name in class_names]
         out = []
         with torch.inference_mode():
             for start in range(0, len(faces), batch_size):
-                out.append(self(torch.from_numpy(np.ascontiguousarray(faces[start:start + batch_size])))[:, order])
+                x = torch.from_numpy(np.ascontiguousarray(faces[start:start + batch_size])).float()
+                out.append(self(x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2))[:, order])
         return torch.cat(out).numpy()
 
-    def forward(self, faces: torch.Tensor) -> torch.Tensor:
-        x = faces.float()
-        x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits in ``self.class_names`` order for pixels ``[N, 1 or 3, H, W]`` valued 0..255."""
         if self.color == "gray" and x.shape[1] == 3:
             x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
         elif self.color == "rgb" and x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+            shrinking = x.shape[-1] > self.size
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
+                              antialias=bool(shrinking))
         return self.net((x - self.mean) * self.scale)
 
 
