@@ -32,7 +32,10 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "hri_msgs"
 STAMP_NAME = ".wscfer-source-digest"
-IMPORT_CHECK = "from hri_msgs.msg import Expression, IdsList, NormalizedRegionOfInterest2D"
+# Importing is not enough: serializing loads the generated C type support.
+IMPORT_CHECK = ("from hri_msgs.msg import Expression, IdsList, NormalizedRegionOfInterest2D; "
+                "from rclpy.serialization import serialize_message; "
+                "serialize_message(Expression(expression=Expression.HAPPY))")
 # What the wheel builder's paths look like in the exported targets.
 _BUILDER_PYTHON_INCLUDE = re.compile(r"/opt/python/cp3\d+-cp3\d+/include/python3\.\d+")
 _BUILDER_NUMPY_INCLUDE = re.compile(
@@ -71,9 +74,13 @@ def patch_exported_targets(prefix: Path) -> list[Path]:
 
 
 def clean_environment(prefix: Path) -> dict[str, str]:
-    """The environment of a plain shell: no ROS variables, this prefix's bin first on PATH."""
+    """The environment of a plain shell: no ROS variables, this prefix's bin first on PATH.
+
+    Also without the guard of the ROS wheels' start-up hook (which sets
+    LD_LIBRARY_PATH and re-executes Python), so a child starts as from a shell.
+    """
     env = {name: value for name, value in os.environ.items()
-           if not name.startswith(("AMENT_", "COLCON_", "ROS_")) and name not in
+           if not name.startswith(("AMENT_", "COLCON_", "ROS_", "_ROS_")) and name not in
            ("CMAKE_PREFIX_PATH", "PYTHONPATH", "LD_LIBRARY_PATH")}
     env["PATH"] = f"{prefix / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     return env
@@ -118,8 +125,8 @@ def build(source: Path, build_dir: Path, prefix: Path) -> str:
         run_step("cmake build", ["cmake", "--build", str(build_dir), "--parallel", "2"], env, log)
         run_step("cmake install", ["cmake", "--install", str(build_dir)], env, log)
     if not imports(sys.executable, plain_env):
-        raise BuildError(f"{PACKAGE} was installed into {prefix} but '{IMPORT_CHECK}' fails "
-                         f"in a plain environment (log: {build_dir / 'build.log'})")
+        raise BuildError(f"{PACKAGE} was installed into {prefix} but does not import and "
+                         f"serialize in a plain environment ({IMPORT_CHECK!r})")
     stamp.write_text(digest)
     return f"built and installed {PACKAGE} into {prefix} (patched {len(patched)} CMake files)"
 
