@@ -4,10 +4,11 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+INTERFACES := $(VENV)/.interfaces
 
 .PHONY: venv run test bench
 
-venv: $(STAMP)
+venv: $(INTERFACES)
 
 # torch is pinned first: 2.13.0 is the CPU build on this machine's disk, any
 # other release would pull several GB of CUDA wheels.
@@ -19,8 +20,14 @@ $(STAMP): setup.py
 	$(PY) -m pip check
 	touch $@
 
-run: $(STAMP)
+# ROS4HRI's hri_msgs is not on PyPI: built from msg/hri_msgs into .venv.
+$(INTERFACES): $(STAMP) scripts/build_interfaces.py $(wildcard msg/hri_msgs/* msg/hri_msgs/msg/*)
+	$(PY) -m pip install --quiet -e '.[interfaces]'
+	$(PY) scripts/build_interfaces.py
+	touch $@
+
+run: $(INTERFACES)
 	$(VENV)/bin/python -m wscfer_ros.demo $(ARGS)
 
-test: $(STAMP)
+test: $(INTERFACES)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

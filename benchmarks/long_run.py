@@ -12,8 +12,10 @@ the last one disappear and their tracks must expire.
 
 Measured: the node's resident memory after ``--warmup`` frames and every
 ``--sample-every`` frames; the faces the node tracks (``faces tracked`` of
-/diagnostics: live tracks, which must stay bounded) and the highest face
-id it gave.  ``--json`` writes the figures for scripts and tests.
+/diagnostics: live tracks, which must stay bounded), the highest face id it
+gave, and its ROS4HRI per-face publishers (``/humans/faces/<id>/...``) as
+the ROS graph lists them, which must follow the tracked faces, not the ids
+given.  ``--json`` writes the figures for scripts and tests.
 """
 from __future__ import annotations
 
@@ -65,6 +67,14 @@ def video_messages() -> list[Image]:
     return messages
 
 
+def face_publishers(bench) -> int:
+    """Topics under /humans/faces/<id>/ that the node publishes, as the ROS graph lists them."""
+    namespace, name = bench.observer.hardware_id.rsplit("/", 1)
+    topics = bench.ros_node.get_publisher_names_and_types_by_node(name, namespace)
+    return sum(1 for topic, _ in topics
+               if topic.startswith("/humans/faces/") and topic != "/humans/faces/tracked")
+
+
 def run(args, work: Path) -> dict:
     model = resolve_model(args.model)
     messages = video_messages()
@@ -79,7 +89,7 @@ def run(args, work: Path) -> dict:
         bench.wait_until(lambda: publisher.get_subscription_count() >= 1, "wscfer_node subscribed",
                          ANSWER_TIMEOUT_S)
 
-        samples = []   # (frames, seconds, resident MB, faces tracked now, highest id)
+        samples = []   # (frames, seconds, resident MB, faces tracked now, highest id, face publishers)
         started = time.monotonic()
         for index in range(args.frames):
             message = messages[index % len(messages)]
@@ -92,10 +102,16 @@ def run(args, work: Path) -> dict:
                     or done == args.frames:
                 tracked = int(bench.observer.diagnostics[-1][1]["faces tracked"])
                 samples.append((done, time.monotonic() - started, bench.node.memory_mb()[0], tracked,
-                                answers.highest_id))
+                                answers.highest_id, face_publishers(bench)))
                 print(f"  {done} frames, {samples[-1][2]:.0f} MB", file=sys.stderr, flush=True)
         counters = bench.settled_counters(time.monotonic())
         peak_mb = bench.node.memory_mb()[1]
+        # Once the graph has caught up, it lists what the node says it has.
+        bench.wait_until(lambda: face_publishers(bench) == int(
+            bench.observer.diagnostics[-1][1].get("ROS4HRI publishers", -1)),
+            "the ROS graph agrees with the node's ROS4HRI publishers", ANSWER_TIMEOUT_S)
+        ros4hri_end = {"faces": int(bench.observer.diagnostics[-1][1]["ROS4HRI faces"]),
+                       "publishers": face_publishers(bench)}
     finally:
         bench.close()
 
@@ -109,7 +125,10 @@ def run(args, work: Path) -> dict:
         "rss_growth_mb": samples[-1][2] - warm[2],
         "faces_tracked_max": tracked_max, "highest_face_id": answers.highest_id,
         "counters": counters,
-        "samples": [dict(zip(("frames", "seconds", "rss_mb", "faces_tracked", "highest_id"), sample))
+        "face_publishers_max": max(sample[5] for sample in samples),
+        "ros4hri_faces_end": ros4hri_end["faces"], "face_publishers_end": ros4hri_end["publishers"],
+        "samples": [dict(zip(("frames", "seconds", "rss_mb", "faces_tracked", "highest_id",
+                              "face_publishers"), sample))
                     for sample in samples],
     }
 
@@ -146,14 +165,17 @@ def main(argv=None) -> int:
     counters = figures["counters"]
     print(f"\nwscfer_node long run: {figures['frames']} frames of {', '.join(VIDEOS)} "
           f"({figures['video_frames']} frames, looped), 640x480, each sent when the last was answered\n")
-    print_table(["frames", "minutes", "resident MB", "faces tracked", "highest face id"],
+    print_table(["frames", "minutes", "resident MB", "faces tracked", "highest face id",
+                 "face publishers"],
                 [[s["frames"], f"{s['seconds'] / 60:.1f}", f"{s['rss_mb']:.0f}", s["faces_tracked"],
-                  s["highest_id"]] for s in figures["samples"]])
+                  s["highest_id"], s["face_publishers"]] for s in figures["samples"]])
     print(f"\n- resident memory {figures['rss_mb_after_warmup']:.0f} MB after {figures['warmup_frames']} "
           f"frames, {figures['rss_mb_end']:.0f} MB at the end: {figures['rss_growth_mb']:+.0f} MB "
           f"(peak {figures['rss_mb_peak']:.0f} MB)")
     print(f"- faces tracked at most {figures['faces_tracked_max']} at once; "
           f"{figures['highest_face_id']} face ids given in all")
+    print(f"- ROS4HRI per-face publishers at most {figures['face_publishers_max']}; at the end "
+          f"{figures['face_publishers_end']} for {figures['ros4hri_faces_end']} tracked faces")
     print(f"- frames received {counters['frames received']}, processed {counters['frames processed']}, "
           f"skipped {counters['frames skipped']}, rejected {counters['frames rejected']}, "
           f"failed {counters['frames failed']}")

@@ -154,3 +154,21 @@ def test_reset_forgets_the_full_range_hold(media_dir, monkeypatch):
     assert len(detector.detect(load_rgb(media_dir, "obama-720p.jpg"))) == 1
     detector.close()
     assert short_calls == [1]
+
+
+@pytest.mark.parametrize("mode", ["short", "full"])
+def test_min_confidence_holds_in_both_models_and_changes_at_run_time(media_dir, mode):
+    image = load_rgb(media_dir, "two_people.jpg")
+    detector = FaceDetector(mode, min_confidence=0.5)
+    try:
+        scores = [face.score for face in detector.detect(image)]
+        assert len(scores) == 2
+        detector.set_limits(min(scores) + 0.01, 10, 16)
+        assert [face.score for face in detector.detect(image)] == pytest.approx([max(scores)],
+                                                                                 abs=0.01)
+        detector.set_limits(0.5, 1, 16)
+        assert len(detector.detect(image)) == 1, "max_faces"
+        with pytest.raises(ValueError, match="min_face_size must be >= 0"):
+            detector.set_limits(0.5, 1, -1)
+    finally:
+        detector.close()

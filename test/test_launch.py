@@ -26,7 +26,7 @@ ROSDEP_KEYS = {"numpy": "python3-numpy", "cv2": "python3-opencv", "tqdm": "pytho
 PIP_ONLY = {"mediapipe", "onnxruntime"}
 # ROS packages whose Python module has the package's name.
 ROS_PACKAGES = {"rclpy", "rcl_interfaces", "lifecycle_msgs", "sensor_msgs", "std_msgs",
-                "diagnostic_msgs", "ament_index_python"}
+                "diagnostic_msgs", "ament_index_python", "hri_msgs"}
 
 
 def calls(tree: ast.AST, name: str) -> list[ast.Call]:

@@ -1,4 +1,4 @@
-"""benchmarks/long_run.py, short: the node's memory and face tracks stay bounded over a run.
+"""benchmarks/long_run.py, short: the node's memory, face tracks and ROS4HRI publishers stay bounded over a run.
 
 The full run (20,000 frames; README) takes minutes; this one sends 1,500
 frames of the same videos, which already cross from one video to the other
@@ -32,4 +32,8 @@ def test_memory_and_tracks_stay_bounded_over_a_run(media_dir, tmp_path):
     # Faces come and go across the loop; only the live ones are tracked.
     assert figures["highest_face_id"] > figures["faces_tracked_max"], figures
     assert figures["samples"][-1]["faces_tracked"] <= figures["faces_tracked_max"] <= 12, figures
+    # Per-face publishers (roi and expression) follow the tracked faces, not the ids given.
+    assert figures["face_publishers_end"] == 2 * figures["ros4hri_faces_end"], figures
+    assert figures["face_publishers_max"] <= 2 * (figures["faces_tracked_max"] + 2), figures
+    assert figures["highest_face_id"] > figures["faces_tracked_max"] + 2, figures
     assert "resident memory" in run.stdout

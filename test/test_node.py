@@ -290,7 +290,7 @@ def bad_model_files(directory, model_file):
      "{dir}/no_metadata.onnx: metadata key 'class_names' is missing"),
     ("pickled model", "model_path:={dir}/model.pkl", "{dir}/model.pkl: not a valid ONNX model"),
     ("unknown input", "input:=video",
-     "parameter input must be one of raw, compressed, got 'video'"),
+     "parameter input must be one of raw, compressed, ros4hri, got 'video'"),
     ("unknown qos", "qos:=fast", "parameter qos must be one of sensor_data, reliable, got 'fast'"),
     ("unknown provider", "providers:=tensorrt",
      "providers must be one of auto, cpu, cuda, got 'tensorrt'"),

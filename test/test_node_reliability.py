@@ -6,6 +6,7 @@ are published with reliable QoS, so every message reaches the node and its
 counters can be compared with what was sent.
 """
 import array
+import shutil
 import signal
 import threading
 from collections import Counter
@@ -245,8 +246,10 @@ def test_missing_model_fails_configure_under_a_lifecycle_manager(start_node, con
         errors = [line for line in process.output().splitlines() if "[ERROR]" in line]
         assert len(errors) == 1 and f"model file not found: {missing}" in errors[0]
 
-        # The manager fixes the parameter and tries again: the node was not broken by the failure.
-        assert set_parameter(client, process, node.fqn, "model_path", str(model_file))
+        # model_path is read-only: it cannot be changed under the node...
+        assert not set_parameter(client, process, node.fqn, "model_path", str(model_file))
+        # ...but once the file is where it names, a new try succeeds: the failure broke nothing.
+        shutil.copyfile(model_file, missing)
         assert manager.change(Transition.TRANSITION_CONFIGURE)
         assert manager.change(Transition.TRANSITION_ACTIVATE)
         node.wait_until_subscribed()

@@ -8,8 +8,9 @@ from pathlib import Path
 import wscfer_ros
 
 PACKAGE_DIR = Path(wscfer_ros.__file__).parent
-ROS_MODULES = ("rclpy", "sensor_msgs", "std_msgs", "diagnostic_msgs", "launch", "launch_ros")
-ROS_FRONTENDS = {"node.py", "camera.py", "demo.py", "ros_process.py"}
+ROS_MODULES = ("rclpy", "sensor_msgs", "std_msgs", "diagnostic_msgs", "hri_msgs", "launch",
+               "launch_ros")
+ROS_FRONTENDS = {"node.py", "camera.py", "demo.py", "ros_process.py", "hri_topics.py"}
 
 RUN_ONE_FRAME = """
 import json, sys

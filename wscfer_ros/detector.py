@@ -101,19 +101,34 @@ class FaceDetector:
                  min_face_size: int = 16):
         if mode not in DETECTOR_MODES:
             raise ValueError(f"detector must be one of {', '.join(DETECTOR_MODES)}, got {mode!r}")
+        self.mode = mode
+        self.min_confidence = None
+        self._short_range = None
+        self._full_range = None
+        self._full_range_hold = 0    # frames left that skip the short-range model ("auto")
+        self.set_limits(min_confidence, max_faces, min_face_size)
+
+    def set_limits(self, min_confidence: float, max_faces: int, min_face_size: int) -> None:
+        """Set the score, count and size limits (checked first: ValueError changes nothing).
+
+        MediaPipe applies the score limit inside its graphs, so a new
+        ``min_confidence`` builds them again (tens of milliseconds, once).
+        """
         if not 0.0 <= min_confidence <= 1.0:
             raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
         if max_faces < 1:
             raise ValueError(f"max_faces must be >= 1, got {max_faces}")
         if min_face_size < 0:
             raise ValueError(f"min_face_size must be >= 0, got {min_face_size}")
-        self.mode = mode
         self.max_faces = max_faces
         self.min_face_size = min_face_size
-        self._short_range = None
-        self._full_range = None
-        self._full_range_hold = 0    # frames left that skip the short-range model ("auto")
-        if mode in ("auto", "short"):
+        if min_confidence != self.min_confidence:
+            self.close()
+            self._open_models(min_confidence)
+        self.min_confidence = min_confidence
+
+    def _open_models(self, min_confidence: float) -> None:
+        if self.mode in ("auto", "short"):
             if not _SHORT_RANGE_MODEL.is_file():
                 raise FileNotFoundError(
                     f"MediaPipe's short-range face model is missing: {_SHORT_RANGE_MODEL} "
@@ -123,7 +138,7 @@ class FaceDetector:
                 running_mode=vision.RunningMode.IMAGE,
                 min_detection_confidence=min_confidence)
             self._short_range = vision.FaceDetector.create_from_options(options)
-        if mode in ("auto", "full"):
+        if self.mode in ("auto", "full"):
             self._full_range = mp.solutions.face_detection.FaceDetection(
                 model_selection=_FULL_RANGE, min_detection_confidence=min_confidence)
 
@@ -199,8 +214,12 @@ class FaceDetector:
     def _make_detection(self, x: float, y: float, w: float, h: float, score: float,
                         eyes: list[tuple[float, float]], frame_width: int,
                         frame_height: int) -> Detection | None:
-        """A clipped detection, or None when the face is too small or outside the frame."""
-        if w < self.min_face_size:
+        """A clipped detection, or None when the face is too small, unsure or outside the frame.
+
+        The score is checked here as well: the full-range solution's graph
+        lets faces below its ``min_detection_confidence`` through.
+        """
+        if w < self.min_face_size or score < self.min_confidence:
             return None
         left, top = max(0, round(x)), max(0, round(y))
         right, bottom = min(frame_width, round(x + w)), min(frame_height, round(y + h))

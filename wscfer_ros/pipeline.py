@@ -5,6 +5,8 @@ model's input) -> classify (one batched ONNX Runtime call) -> track (ids and
 smoothed probabilities).  Used as is by the ROS node and by ``wscfer-infer``;
 it imports no ROS.
 """
+import dataclasses
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -56,6 +58,12 @@ class PipelineConfig:
     iou_threshold: float = _setting(0.3, "minimum box overlap (IoU) for a face to keep its id from the last frame")
 
 
+#: The settings :meth:`Pipeline.tune` changes while frames are processed (the
+#: node's parameters that take effect at once); the others need a new Pipeline.
+TUNABLE_SETTINGS = ("min_detection_confidence", "max_faces", "min_face_size", "smoothing",
+                    "max_missed_frames", "iou_threshold")
+
+
 @dataclass
 class Face:
     """One face of a frame with its expression."""
@@ -75,6 +83,9 @@ class FrameResult:
     faces: list[Face]
     # "detect" (with the conversion to RGB), "crop", "classify", "track"
     timings_ms: dict[str, float]
+    # Ids of every live track after this frame: the faces seen in it and those
+    # missed for at most max_missed_frames frames.
+    tracked_ids: list[int] = field(default_factory=list)
 
 
 class Pipeline:
@@ -95,8 +106,26 @@ class Pipeline:
         self._detector = FaceDetector(self.config.detector, self.config.min_detection_confidence,
                                       self.config.max_faces, self.config.min_face_size)
         self._crop_scale = self.config.crop_scale or self.classifier.crop_scale
+        # Held while a frame is processed, so tune() changes settings between frames.
+        self._lock = threading.Lock()
         self.classifier.warm_up()
         self._detector.warm_up()
+
+    def tune(self, **settings) -> None:
+        """Change some of :data:`TUNABLE_SETTINGS` between two frames (thread-safe).
+
+        Every value is checked before any is applied: a ValueError changes nothing.
+        """
+        unknown = set(settings) - set(TUNABLE_SETTINGS)
+        if unknown:
+            raise ValueError(f"cannot change {', '.join(sorted(unknown))} while running")
+        config = dataclasses.replace(self.config, **settings)
+        FaceTracker.check(config.iou_threshold, config.max_missed_frames, config.smoothing)
+        with self._lock:
+            self._detector.set_limits(config.min_detection_confidence, config.max_faces,
+                                      config.min_face_size)
+            self._tracker.configure(config.iou_threshold, config.max_missed_frames, config.smoothing)
+            self.config = config
 
     def process(self, image: np.ndarray, color: str) -> FrameResult:
         """Faces and expressions of one frame.
@@ -104,8 +133,12 @@ class Pipeline:
         ``image`` is uint8, H x W (``"gray"``) or H x W x 3/4 (``"bgr"``,
         ``"rgb"``, ``"bgra"``, ``"rgba"``); a mismatch raises ValueError.
         """
+        with self._lock:
+            return self._process(image, color)
+
+    def _process(self, image: np.ndarray, color: str) -> FrameResult:
         started = time.perf_counter()
-        image_rgb = _to_rgb(image, color)
+        image_rgb = to_rgb(image, color)
         detections = self._detector.detect(image_rgb)
         detected = time.perf_counter()
 
@@ -129,7 +162,8 @@ class Pipeline:
 
         timings = {"detect": detected - started, "crop": cropped - detected,
                    "classify": classified - cropped, "track": tracked - classified}
-        return FrameResult(faces, {stage: seconds * 1000.0 for stage, seconds in timings.items()})
+        return FrameResult(faces, {stage: seconds * 1000.0 for stage, seconds in timings.items()},
+                           self._tracker.track_ids)
 
     @property
     def tracked_faces(self) -> int:
@@ -138,15 +172,17 @@ class Pipeline:
 
     def reset(self) -> None:
         """Forget the tracks and the detector's state, e.g. between unrelated images."""
-        self._tracker.reset()
-        self._detector.reset()
+        with self._lock:
+            self._tracker.reset()
+            self._detector.reset()
 
     def close(self) -> None:
         """Release the detector's MediaPipe graphs."""
-        self._detector.close()
+        with self._lock:
+            self._detector.close()
 
 
-def _to_rgb(image: np.ndarray, color: str) -> np.ndarray:
+def to_rgb(image: np.ndarray, color: str) -> np.ndarray:
     """The frame as the C-contiguous RGB array MediaPipe needs; a view when it already is one."""
     if color not in _CHANNELS:
         raise ValueError(f"color must be one of {', '.join(_CHANNELS)}, got {color!r}")

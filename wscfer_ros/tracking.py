@@ -27,6 +27,16 @@ def iou_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     return np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)
 
 
+def smooth(past: np.ndarray, new: np.ndarray, smoothing: float) -> np.ndarray:
+    """One step of the exponential moving average: ``smoothing`` is the weight of the past."""
+    return smoothing * past + (1.0 - smoothing) * new
+
+
+def check_smoothing(smoothing: float) -> None:
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+
+
 @dataclass
 class _Track:
     id: int
@@ -47,17 +57,28 @@ class FaceTracker:
 
     def __init__(self, iou_threshold: float = 0.3, max_missed_frames: int = 15,
                  smoothing: float = 0.5):
+        self.configure(iou_threshold, max_missed_frames, smoothing)
+        self._tracks: list[_Track] = []
+        self._next_id = 1
+
+    def configure(self, iou_threshold: float, max_missed_frames: int, smoothing: float) -> None:
+        """Set the matching and smoothing settings (checked first: ValueError changes nothing).
+
+        Takes effect at the next :meth:`update`; the tracks are kept.
+        """
+        self.check(iou_threshold, max_missed_frames, smoothing)
+        self.iou_threshold = iou_threshold
+        self.max_missed_frames = max_missed_frames
+        self.smoothing = smoothing
+
+    @staticmethod
+    def check(iou_threshold: float, max_missed_frames: int, smoothing: float) -> None:
+        """ValueError naming the first setting out of range."""
         if not 0.0 < iou_threshold <= 1.0:
             raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
         if max_missed_frames < 0:
             raise ValueError(f"max_missed_frames must be >= 0, got {max_missed_frames}")
-        if not 0.0 <= smoothing < 1.0:
-            raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
-        self.iou_threshold = iou_threshold
-        self.max_missed_frames = max_missed_frames
-        self.smoothing = smoothing
-        self._tracks: list[_Track] = []
-        self._next_id = 1
+        check_smoothing(smoothing)
 
     def reset(self) -> None:
         """Forget all tracks; the next faces get new ids."""
@@ -67,6 +88,11 @@ class FaceTracker:
     def track_count(self) -> int:
         """Live tracks: faces seen within the last ``max_missed_frames`` frames."""
         return len(self._tracks)
+
+    @property
+    def track_ids(self) -> list[int]:
+        """Ids of the live tracks, oldest first (faces missed for a few frames included)."""
+        return [track.id for track in self._tracks]
 
     def update(self, boxes: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Match this frame's faces to the tracks.
@@ -90,8 +116,8 @@ class FaceTracker:
             else:
                 track = self._tracks[track_index]
                 track.box = boxes[face]
-                track.probabilities = (self.smoothing * track.probabilities
-                                       + (1.0 - self.smoothing) * probabilities[face])
+                track.probabilities = smooth(track.probabilities, probabilities[face],
+                                             self.smoothing)
             seen.add(track.id)
             ids[face] = track.id
             smoothed[face] = track.probabilities
