@@ -274,3 +274,36 @@ def test_logit_adjustment_without_training_class_counts_is_refused(checkpoint, t
     with pytest.raises(ValueError, match="needs the training class counts"):
         export(checkpoint, tmp_path / "m.onnx", logit_adjustment=1.0)
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_an_ensemble_with_a_peer_is_one_file_whose_validation_figures_are_its_own(fer2013_dir, tmp_path):
+    """--peer human-models: the file averages both networks' probabilities; its metadata says so."""
+    from wscfer_train.peers import load_peer
+    from wscfer_train.registry import FetchError
+
+    try:
+        peer = load_peer("human-models")
+    except FetchError as error:
+        pytest.skip(f"human-models weights unavailable: {error}")
+    checkpoint = write_checkpoint(tmp_path / "best.pt")
+    report = export(checkpoint, tmp_path / "ensemble.onnx", precision="fp16", peers=(("human-models", 1.0),))
+
+    pixels = faces(6)
+    own = torch.softmax(torch.from_numpy(torch_logits(checkpoint, pixels)), 1).numpy()
+    theirs = torch.softmax(torch.from_numpy(peer.logits(pixels, FER_CLASSES)), 1).numpy()
+    probabilities = Classifier(str(tmp_path / "ensemble.onnx"), providers="cpu").predict(pixels)
+    np.testing.assert_allclose(probabilities, (own + theirs) / 2, atol=2e-3)
+
+    metadata = report["metadata"]
+    assert json.loads(metadata["ensemble"]) == [{"peer": "human-models", "weight": 1.0}]
+    val = load_dataset({"format": "fer2013_folder", "root": "fer2013/val"}, size=48, color="gray",
+                       data_root=data_root())
+    measured = evaluate(open_onnx(tmp_path / "ensemble.onnx", "cpu"), val)
+    assert json.loads(metadata["val_accuracy"]) == pytest.approx(measured["accuracy"], abs=2e-3)
+    assert measured["accuracy"] > 0.5          # the peer carries the random network
+
+
+def test_an_unknown_peer_is_refused_with_its_name(checkpoint, tmp_path, capsys):
+    assert main([str(checkpoint), str(tmp_path / "m.onnx"), "--peer", "nobody"]) == 1
+    assert "unknown peer 'nobody'" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()

@@ -17,7 +17,7 @@ import yaml
 from wscfer_train.config import load_config
 from wscfer_train.losses import objective
 from wscfer_train.model import build_model, load_init
-from wscfer_train.trainer import CSV_FIELDS, Checkpoints, atomic_save, main, open_metrics_csv, train
+from wscfer_train.trainer import CSV_FIELDS, Checkpoints, atomic_save, autocast_dtype, main, open_metrics_csv, train
 
 CLASSES = ["angry", "happy", "sad"]
 TINY_MODEL = {"arch": "resnet10", "width": 8, "stem": "imagenet", "pretrained": False, "proj_dim": 16, "init": None}
@@ -427,3 +427,45 @@ def test_distillation_settings_out_of_range_stop_the_cli_with_one_clear_error(re
     assert main(["--config", str(config)]) == 1
     errors = [record for record in caplog.records if record.levelname == "ERROR"]
     assert len(errors) == 1 and f"loss.{setting} must be" in errors[0].getMessage()
+
+
+@pytest.mark.parametrize("amp, cpu_has_bf16, expected", [
+    (True, True, torch.bfloat16), ("auto", True, torch.bfloat16), (True, False, None),
+    ("bf16", False, torch.bfloat16), (False, True, None), ("off", True, None)])
+def test_train_amp_autocasts_to_bf16_on_a_cpu_that_computes_it(monkeypatch, amp, cpu_has_bf16, expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: cpu_has_bf16)
+    assert autocast_dtype(amp, torch.device("cpu")) == expected
+
+
+def test_an_unknown_train_amp_value_is_refused():
+    with pytest.raises(ValueError, match="train.amp must be"):
+        autocast_dtype("half", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("amp, recorded", [("bf16", "bfloat16"), (False, "float32")])
+def test_the_checkpoint_records_the_precision_the_run_trained_in(tiny_config, amp, recorded):
+    tiny_config["train"]["amp"] = amp
+    tiny_config["optim"]["epochs"] = 1
+    train(tiny_config)
+    saved = torch.load(Path(tiny_config["run"]["out_dir"]) / "best.pt", weights_only=True)
+    assert saved["meta"]["precision_trained"] == recorded
+
+
+def test_a_pretrained_start_loads_the_published_weights_and_trains_in_their_normalisation(tiny_config):
+    """face-api's feature extractor, folded to gray, with face-api's input scaling (x - mean) / 255."""
+    from wscfer_train.backbones import fold_to_gray, faceapi_state
+    from wscfer_train.registry import FetchError
+
+    try:
+        published = fold_to_gray(faceapi_state(3)[0]["blocks.0.conv0.weight"])
+    except FetchError as error:
+        pytest.skip(f"face-api weights unavailable: {error}")
+    tiny_config["model"] = {**TINY_MODEL, "arch": "faceapi", "pretrained": True}
+    tiny_config["optim"].update({"epochs": 1, "lr": 0.0, "weight_decay": 0.0})
+    train(tiny_config)
+
+    saved = torch.load(Path(tiny_config["run"]["out_dir"]) / "best.pt", weights_only=True)
+    assert saved["meta"]["arch"] == "faceapi-pretrained"
+    assert saved["meta"]["mean"] == pytest.approx([(122.782 + 117.001 + 104.298) / 3 / 255])
+    assert saved["meta"]["std"] == pytest.approx([1.0])
+    torch.testing.assert_close(saved["model"]["backbone.blocks.0.conv0.weight"], published)

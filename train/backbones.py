@@ -119,9 +119,13 @@ class SeparableConv(nn.Module):
         return self.pointwise(self.depthwise(same_pad(x, self.stride)))
 
 
-def same_pad(x: torch.Tensor, stride: int) -> torch.Tensor:
-    """TensorFlow's "same" padding of a 3x3 window on an even-sized input."""
-    return F.pad(x, (0, 1, 0, 1) if stride == 2 else (1, 1, 1, 1))
+def same_pad(x: torch.Tensor, stride: int, kernel: int = 3, value: float = 0.0) -> torch.Tensor:
+    """TensorFlow's "same" padding: the output has ceil(size / stride) pixels; an odd extra pixel goes bottom/right."""
+    pads = []
+    for size in (int(x.shape[-1]), int(x.shape[-2])):
+        total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+        pads += [total // 2, total - total // 2]
+    return F.pad(x, pads, value=value)
 
 
 class DenseBlock(nn.Module):

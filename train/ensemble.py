@@ -32,16 +32,16 @@ class Ensemble(nn.Module):
             self.peers.append(peer)
             orders.append(torch.tensor([peer.class_names.index(c) for c in class_names]))
         self.orders = orders
-        weights = torch.tensor([1.0] + [weight for _, weight in peers])
-        if not bool((weights > 0).all()):
-            raise ValueError(f"ensemble weights must be positive, got {weights.tolist()}")
-        self.register_buffer("weights", weights / weights.sum())
+        weights = [1.0] + [float(weight) for _, weight in peers]
+        if min(weights) <= 0:
+            raise ValueError(f"ensemble weights must be positive, got {weights}")
+        self.own_weight, *self.peer_weights = [weight / sum(weights) for weight in weights]
 
     def forward(self, x):
         """Logits (log of the mixed probabilities) for input normalised as the contract says."""
-        probs = self.weights[0] * torch.softmax(self.net(x), dim=1)
+        probs = self.own_weight * torch.softmax(self.net(x), dim=1)
         pixels = (x * self.std + self.mean) * 255.0
-        for weight, peer, order in zip(self.weights[1:], self.peers, self.orders):
+        for weight, peer, order in zip(self.peer_weights, self.peers, self.orders):
             probs = probs + weight * torch.softmax(peer(pixels)[:, order], dim=1)
         return torch.log(probs.clamp_min(1e-12))
 

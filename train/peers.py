@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import registry
-from .backbones import FaceApiFeatures, faceapi_state
+from .backbones import FaceApiFeatures, faceapi_state, same_pad
 from .tfjs import read_manifest
 
 CANONICAL = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
@@ -137,12 +137,12 @@ class TFGraph(nn.Module):
             op = node["op"]
             if op == "_FusedConv2D":
                 weight, bias = self.weights[inputs[1]], self.weights[inputs[2]]
-                a = _tf_pad(a, weight.shape[-1], node["stride"], node["padding"], 0.0)
+                a = _tf_pad(a, weight.shape[-1], node["stride"], node["padding"])
                 out = F.conv2d(a, weight, bias, node["stride"])
                 out = F.relu(out) if node["relu"] else out
             elif op == "DepthwiseConv2dNative":
                 weight = self.weights[inputs[1]]
-                a = _tf_pad(a, weight.shape[-1], node["stride"], node["padding"], 0.0)
+                a = _tf_pad(a, weight.shape[-1], node["stride"], node["padding"])
                 out = F.conv2d(a, weight, None, node["stride"], groups=a.shape[1])
             elif op == "MaxPool":
                 a = _tf_pad(a, 3, node["stride"], node["padding"], float("-inf"))
@@ -157,15 +157,8 @@ class TFGraph(nn.Module):
         return values[self.output]
 
 
-def _tf_pad(x: torch.Tensor, kernel: int, stride: int, padding: str, value: float) -> torch.Tensor:
-    """TensorFlow's padding: none for VALID; for SAME, the extra pixel goes bottom/right."""
-    if padding == "VALID":
-        return x
-    pads = []
-    for size in (x.shape[-1], x.shape[-2]):
-        total = max((-(-int(size) // stride) - 1) * stride + kernel - int(size), 0)
-        pads += [total // 2, total - total // 2]
-    return F.pad(x, pads, value=value)
+def _tf_pad(x: torch.Tensor, kernel: int, stride: int, padding: str, value: float = 0.0) -> torch.Tensor:
+    return x if padding == "VALID" else same_pad(x, stride, kernel, value)
 
 
 def human_models() -> Peer:
