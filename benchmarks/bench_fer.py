@@ -33,14 +33,16 @@ import time
 import types
 from pathlib import Path
 
+import cv2
 import numpy as np
 
-from common import (BenchmarkError, REPO_ROOT, add_model_argument, argument_parser, check_positive,
-                    machine_description, ms, percentiles, print_table, resolve_model)
+from common import (BenchmarkError, REPO_ROOT, add_model_argument, argument_parser, check_positive, fer2013_val,
+                    machine_description, ms, percentiles, predicted_names, print_table, resolve_model)
 
 FER_VENV = REPO_ROOT / "benchmarks" / ".venv-fer"
 FER_VERSION = "25.10.3"
 FER_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")   # fer's output order
+FER_INPUT = 64   # px, gray: fer's emotion model
 TARGET = "target (issue 5): at least 10x faster per frame than the fer pipeline, at higher accuracy"
 
 
@@ -95,16 +97,33 @@ def install_litert_as_tensorflow() -> None:
     sys.modules.update({"tensorflow": tensorflow, "tensorflow.keras": keras, "tensorflow.keras.models": models})
 
 
+def fer_faces(gray_faces) -> np.ndarray:
+    """Gray uint8 faces of any size at fer's input, resized as ``detect_emotions`` does (cv2.resize, bilinear)."""
+    resized = [cv2.resize(face, (FER_INPUT, FER_INPUT)) for face in gray_faces]
+    return np.stack(resized) if resized else np.empty((0, FER_INPUT, FER_INPUT), np.uint8)
+
+
+def fer_predictions(detector, faces: np.ndarray) -> np.ndarray:
+    """Indices into FER_LABELS of fer's model on uint8 faces at its input, normalised as ``detect_emotions`` does."""
+    if not len(faces):
+        return np.empty(0, np.int64)
+    normalised = (faces.astype(np.float32) / 255.0 - 0.5) * 2.0
+    return np.asarray(detector._classify_emotions(normalised)).argmax(axis=1)
+
+
+def fer_detector():
+    """fer's ``FER()`` with its defaults (Haar cascade, quantised TFLite model), on LiteRT."""
+    install_litert_as_tensorflow()
+    from fer.fer import FER   # fer 25.10.3's __init__ does not import FER
+
+    return FER()
+
+
 def fer_worker(inputs_path: str, output_path: str, repeat: int, warmup: int) -> int:
     """Time fer on every frame set of ``inputs_path`` and score it on its FER2013 faces; write JSON."""
     import importlib.metadata
 
-    import cv2
-
-    install_litert_as_tensorflow()
-    from fer.fer import FER   # fer 25.10.3's __init__ does not import FER
-
-    detector = FER()   # fer's defaults: Haar cascade, quantised TFLite model
+    detector = fer_detector()
     inputs = np.load(inputs_path)
     sets = []
     for index in range(int(inputs["set_count"])):
@@ -127,10 +146,7 @@ def fer_worker(inputs_path: str, output_path: str, repeat: int, warmup: int) -> 
 
     accuracy = None
     if "val_images" in inputs:
-        faces = np.stack([cv2.resize(face, (64, 64)) for face in inputs["val_images"]]).astype(np.float32)
-        faces = (faces / 255.0 - 0.5) * 2.0   # detect_emotions' normalisation
-        probabilities = np.asarray(detector._classify_emotions(faces))
-        predicted = [FER_LABELS[index] for index in probabilities.argmax(axis=1)]
+        predicted = [FER_LABELS[index] for index in fer_predictions(detector, fer_faces(inputs["val_images"]))]
         truth = [str(name) for name in inputs["val_names"]]
         accuracy = float(np.mean([p == t for p, t in zip(predicted, truth)]))
     versions = {name: importlib.metadata.version(name) for name in ("fer", "ai-edge-litert", "opencv-contrib-python")}
@@ -138,33 +154,15 @@ def fer_worker(inputs_path: str, output_path: str, repeat: int, warmup: int) -> 
     return 0
 
 
+def fer_classify_worker(inputs_path: str, output_path: str) -> int:
+    """fer's predictions (indices into FER_LABELS) for each array of faces at its input in ``inputs_path``."""
+    detector = fer_detector()
+    inputs = np.load(inputs_path)
+    np.savez(output_path, **{key: fer_predictions(detector, inputs[key]) for key in inputs.files})
+    return 0
+
+
 # ----------------------------------------------------------------------------- benchmark (project venv)
-
-def fer2013_val(limit: int):
-    """FER2013 PublicTest faces (uint8 48x48) and their class names; None when the data is absent."""
-    from wscfer_train.data import data_root, load_dataset
-
-    root = data_root() / "fer2013" / "val"
-    if not root.is_dir():
-        return None
-    dataset = load_dataset({"format": "fer2013_folder", "root": str(root)}, size=48, color="gray",
-                           data_root=data_root())
-    count = min(limit, len(dataset)) if limit else len(dataset)
-    picked = np.sort(np.random.default_rng(0).permutation(len(dataset))[:count])
-    names = np.array([dataset.class_names[label] for label in dataset.labels[picked]])
-    return dataset.images[picked], names
-
-
-def our_accuracy(classifier, images: np.ndarray, names: np.ndarray) -> float:
-    import cv2
-
-    height, width = classifier.input_size
-    if (height, width) != images.shape[1:3]:
-        images = np.stack([cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR) for image in images])
-    predicted = np.concatenate([classifier.predict(images[start:start + 256]).argmax(axis=1)
-                                for start in range(0, len(images), 256)])
-    return float(np.mean(np.array(classifier.class_names)[predicted] == names))
-
 
 def run_fer(python: Path, sets, val, repeat: int, warmup: int, work: Path) -> dict:
     arrays = {"set_count": np.array(len(sets))}
@@ -173,16 +171,30 @@ def run_fer(python: Path, sets, val, repeat: int, warmup: int, work: Path) -> di
         arrays[f"video{index}"] = np.array(frame_set.is_video)
     if val is not None:
         arrays["val_images"], arrays["val_names"] = val
-    inputs, output, log = work / "inputs.npz", work / "fer.json", work / "fer.log"
+    inputs, output = work / "inputs.npz", work / "fer.json"
     np.savez(inputs, **arrays)
+    run_worker(python, ["--fer-worker", str(inputs), "--fer-output", str(output), "--repeat", str(repeat),
+                        "--warmup", str(warmup)], work / "fer.log")
+    return json.loads(output.read_text())
+
+
+def fer_predicted_names(faces: dict[str, np.ndarray], work: Path) -> dict[str, np.ndarray]:
+    """fer's class names for each named array of faces at its input (``fer_faces``), run in its environment."""
+    inputs, output = work / "fer-faces.npz", work / "fer-predictions.npz"
+    np.savez(inputs, **faces)
+    run_worker(fer_python(), ["--fer-classify", str(inputs), "--fer-output", str(output)], work / "fer.log")
+    with np.load(output) as predictions:
+        return {key: np.array(FER_LABELS)[predictions[key]] for key in faces}
+
+
+def run_worker(python: Path, arguments: list[str], log: Path) -> None:
+    """This script in the fer environment with ``arguments``; BenchmarkError with the log's tail if it fails."""
     with open(log, "wb") as log_file:
-        returncode = subprocess.run([str(python), str(Path(__file__).resolve()), "--fer-worker", str(inputs),
-                                     "--fer-output", str(output), "--repeat", str(repeat), "--warmup", str(warmup)],
+        returncode = subprocess.run([str(python), str(Path(__file__).resolve()), *arguments],
                                     stdout=log_file, stderr=subprocess.STDOUT).returncode
     if returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
         raise BenchmarkError(f"the fer worker failed (exit {returncode}):\n{tail}")
-    return json.loads(output.read_text())
 
 
 def main(argv=None) -> int:
@@ -195,10 +207,13 @@ def main(argv=None) -> int:
     parser.add_argument("--val-images", type=int, default=0,
                         help="FER2013 validation faces scored, drawn at random (default 0: all 3,589)")
     parser.add_argument("--fer-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--fer-classify", help=argparse.SUPPRESS)
     parser.add_argument("--fer-output", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.setup:
         return setup_fer_env()
+    if args.fer_classify:
+        return fer_classify_worker(args.fer_classify, args.fer_output)
     check_positive(parser, "--repeat", args.repeat)
     check_positive(parser, "--frames", args.frames)
     if args.warmup < 0 or args.val_images < 0:
@@ -243,7 +258,7 @@ def main(argv=None) -> int:
         images, names = val
         print(f"FER2013 validation (PublicTest), {len(images)} faces, each model on the 48x48 images as they are\n")
         print_table(["model", "accuracy"], [
-            [f"ours: {model.name}", f"{100 * our_accuracy(pipeline.classifier, images, names):.1f} %"],
+            [f"ours: {model.name}", f"{100 * np.mean(predicted_names(pipeline.classifier, images) == names):.1f} %"],
             ["fer: emotion_model_quantized.tflite", f"{100 * fer['accuracy']:.1f} %"]])
     else:
         print("- FER2013 accuracy not measured: fer2013/val not found in the shared data (set WSCFER_DATA)")

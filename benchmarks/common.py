@@ -87,12 +87,30 @@ def ms(value: float) -> str:
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], numeric_from: int = 1) -> None:
     """A markdown table; columns from ``numeric_from`` on are right-aligned."""
+    print(markdown_table(headers, rows, numeric_from), flush=True)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]], numeric_from: int = 1) -> str:
+    """The lines of ``print_table``, ending with an empty one."""
     align = ["---" if index < numeric_from else "---:" for index in range(len(headers))]
-    print("| " + " | ".join(headers) + " |")
-    print("|" + "|".join(align) + "|")
-    for row in rows:
-        print("| " + " | ".join(str(cell) for cell in row) + " |")
-    print(flush=True)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, title: str, body: str) -> None:
+    """Put ``body`` under ``## title`` in the markdown file ``path``, replacing that section or appending
+    it; the other sections stay as they are."""
+    lines = path.read_text().splitlines() if path.is_file() else ["# Benchmark results"]
+    heading = f"## {title}"
+    section = [heading, "", *body.strip("\n").splitlines(), ""]
+    if heading in lines:
+        start = lines.index(heading)
+        end = next((index for index in range(start + 1, len(lines)) if lines[index].startswith("## ")), len(lines))
+        lines[start:end] = section
+    else:
+        lines += ["", *section] if lines[-1] else section
+    path.write_text("\n".join(lines).rstrip("\n") + "\n")
 
 
 def argument_parser(doc: str) -> argparse.ArgumentParser:
@@ -110,10 +128,15 @@ def check_positive(parser, name: str, value: int) -> None:
 
 # Models and data (project side: these import the project's packages lazily)
 
-def add_model_argument(parser) -> None:
-    parser.add_argument("--model", default="",
-                        help="ONNX model file, or a file name shipped in wscfer_ros/models/ "
-                             "(default: the shipped default model)")
+def add_model_argument(parser, repeatable: bool = False) -> None:
+    """``--model FILE``; ``repeatable``: given any number of times, a list (default: the shipped model alone)."""
+    help_text = ("ONNX model file, or a file name shipped in wscfer_ros/models/ (default: the shipped default "
+                 "model)" + ("; repeat it to compare several" if repeatable else ""))
+    if repeatable:
+        parser.add_argument("--model", action="append", help=help_text)
+        parser.set_defaults(model=None)
+    else:
+        parser.add_argument("--model", default="", help=help_text)
 
 
 def resolve_model(model: str) -> Path:
@@ -126,6 +149,37 @@ def resolve_model(model: str) -> Path:
                 "pass --model FILE to measure another one)") if path == default_model_path() else ""
         raise BenchmarkError(f"model file not found: {path}{hint}")
     return path
+
+
+def fer2013_val(limit: int):
+    """FER2013 PublicTest faces (uint8 48x48 gray) and their class names, ``limit`` drawn at random
+    (0: all); None when the data is absent."""
+    from wscfer_train.data import data_root, load_dataset
+
+    root = data_root() / "fer2013" / "val"
+    if not root.is_dir():
+        return None
+    dataset = load_dataset({"format": "fer2013_folder", "root": str(root)}, size=48, color="gray",
+                           data_root=data_root())
+    picked = sample(len(dataset), limit)
+    names = np.array([dataset.class_names[label] for label in dataset.labels[picked]])
+    return dataset.images[picked], names
+
+
+def sample(count: int, limit: int) -> np.ndarray:
+    """Sorted indices of ``limit`` of ``count`` items drawn with a fixed seed (0 or more than count: all)."""
+    picked = np.random.default_rng(0).permutation(count)[:limit] if 0 < limit < count else np.arange(count)
+    return np.sort(picked)
+
+
+def predicted_names(classifier, images: np.ndarray) -> np.ndarray:
+    """The class name ``Classifier`` predicts for each uint8 face, resized to its input if need be."""
+    height, width = classifier.input_size
+    if (height, width) != images.shape[1:3]:
+        images = np.stack([cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR) for image in images])
+    predicted = np.concatenate([classifier.predict(images[start:start + 256]).argmax(axis=1)
+                                for start in range(0, len(images), 256)] or [np.empty(0, np.int64)])
+    return np.array(classifier.class_names)[predicted]
 
 
 def media_dir() -> Path:

@@ -10,7 +10,12 @@
 
 ``load_peer(name)`` gives a ``Peer``: a module that maps face pixels (gray
 or RGB, any size) to logits, doing the peer's own resizing, colour and
-normalisation; ``Peer.logits`` takes uint8 faces and orders the classes.
+normalisation; ``Peer.logits`` takes uint8 faces and orders the classes.  Both
+peers resize with TensorFlow.js's ``resizeBilinear`` as they call it (no
+half-pixel centres, no antialiasing), and human's emotion module makes gray
+with its own channel weights; a gray face is taken as RGB with equal
+channels.  ``test/test_peers.py`` checks all of it against the peers' own
+JavaScript (``scripts/peer_reference.mjs``).
 """
 from __future__ import annotations
 
@@ -29,12 +34,22 @@ CANONICAL = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 PEERS = ("face-api", "human-models")
 
 
-class Peer(nn.Module):
-    """A published network with its own preprocessing; ``forward(uint8 faces) -> logits``."""
+# human's src/gear/emotion.ts: its RGB to gray weights (they sum to 0.9999, not 1).
+HUMAN_GRAY = (0.2989, 0.5870, 0.1140)
 
-    def __init__(self, name: str, net: nn.Module, size: int, color: str, mean, scale, class_names: list[str]):
+
+class Peer(nn.Module):
+    """A published network with its own preprocessing; ``forward(pixels) -> logits``.
+
+    ``gray_weights``: the RGB weights of a gray network's input, None for an RGB network.
+    """
+
+    def __init__(self, name: str, net: nn.Module, size: int, gray_weights, mean, scale, class_names: list[str]):
         super().__init__()
-        self.name, self.net, self.size, self.color = name, net, size, color
+        self.name, self.net, self.size = name, net, size
+        self.color = "rgb" if gray_weights is None else "gray"
+        self.register_buffer("gray_weights", None if gray_weights is None else
+                             torch.tensor(gray_weights, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.scale = scale
         self.class_names = list(class_names)
@@ -51,15 +66,39 @@ class Peer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits in ``self.class_names`` order for pixels ``[N, 1 or 3, H, W]`` valued 0..255."""
-        if self.color == "gray" and x.shape[1] == 3:
-            x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-        elif self.color == "rgb" and x.shape[1] == 1:
+        if self.gray_weights is None:
             x = x.expand(-1, 3, -1, -1)
-        if x.shape[-1] != self.size or x.shape[-2] != self.size:
-            shrinking = x.shape[-1] > self.size
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
-                              antialias=bool(shrinking))
+        elif x.shape[1] == 3:
+            x = (x * self.gray_weights).sum(1, keepdim=True)
+        else:   # equal channels through the peer's weights
+            x = x * self.gray_weights.sum()
+        # Gray before resizing, unlike human: both are linear, so the order does not matter.
+        x = tf_resize_bilinear(x, self.size)
         return self.net((x - self.mean) * self.scale)
+
+
+def tf_resize_bilinear(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``tf.image.resizeBilinear(x, [size, size], alignCorners=false)`` of NCHW ``x``, as both peers call it.
+
+    Output pixel i samples input position ``i * in / out`` (no half-pixel
+    centres: the image shifts by up to a pixel) and no antialiasing when
+    shrinking.  A separable interpolation matrix, applied in float64 as the
+    JavaScript arithmetic is.
+    """
+    if x.shape[-2:] == (size, size):
+        return x
+    rows, cols = (_tf_resize_matrix(int(n), size) for n in x.shape[-2:])
+    return (rows.to(x.device) @ x.double() @ cols.to(x.device).T).float()
+
+
+def _tf_resize_matrix(size_in: int, size_out: int) -> torch.Tensor:
+    source = np.arange(size_out) * (size_in / size_out)
+    low = np.floor(source).astype(int)
+    high = np.minimum(np.ceil(source).astype(int), size_in - 1)
+    matrix = np.zeros((size_out, size_in))
+    np.add.at(matrix, (np.arange(size_out), low), 1 - (source - low))
+    np.add.at(matrix, (np.arange(size_out), high), source - low)
+    return torch.from_numpy(matrix)
 
 
 class FaceApiExpression(nn.Module):
@@ -77,7 +116,7 @@ def face_api() -> Peer:
     features, fc = faceapi_state(3)
     net.features.load_state_dict(features)
     net.fc.load_state_dict(fc)
-    return Peer("face-api", net.eval(), 112, "rgb", [122.782, 117.001, 104.298], 1 / 255,
+    return Peer("face-api", net.eval(), 112, None, [122.782, 117.001, 104.298], 1 / 255,
                 ["neutral", "happy", "sad", "angry", "fear", "disgust", "surprise"])
 
 
@@ -163,7 +202,7 @@ def _tf_pad(x: torch.Tensor, kernel: int, stride: int, padding: str, value: floa
 
 def human_models() -> Peer:
     model_json, tensors = read_manifest(registry.path("human-models"))
-    return Peer("human-models", TFGraph(model_json, tensors).eval(), 64, "gray", [127.5], 1 / 127.5, CANONICAL)
+    return Peer("human-models", TFGraph(model_json, tensors).eval(), 64, HUMAN_GRAY, [127.5], 1 / 127.5, CANONICAL)
 
 
 def load_peer(name: str) -> Peer:
