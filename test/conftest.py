@@ -36,6 +36,11 @@ def fer2013_dir() -> Path:
     return _require(data_root() / "fer2013")
 
 
+@pytest.fixture(scope="session")
+def muxspace_dir() -> Path:
+    return _require(data_root() / "muxspace")
+
+
 def write_tiny_model(path: Path, *, size=48, channels=1, color="gray", classes=FER_CLASSES,
                      crop_scale=1.25, metadata=None) -> Path:
     """A real ONNX classifier small enough to build in a test: mean-pool then a linear layer.

@@ -172,3 +172,25 @@ def test_min_confidence_holds_in_both_models_and_changes_at_run_time(media_dir, 
             detector.set_limits(0.5, 1, -1)
     finally:
         detector.close()
+
+
+def test_auto_finds_portrait_close_ups_that_the_full_range_model_misses(muxspace_dir):
+    """Head-and-shoulders photos: the short-range model scores many below its trust threshold, and
+    the full-range model finds no face in them; ``auto`` keeps the short-range faces then."""
+    files = sorted((muxspace_dir / "happy").glob("*.jpg"))[:40]
+    detector = FaceDetector("auto")
+    found = []
+    for path in files:
+        detector.reset()
+        found.append(bool(detector.detect(load_rgb(path.parent, path.name))))
+    detector.close()
+    assert sum(found) >= 0.95 * len(files), f"faces found in {sum(found)} of {len(files)} portraits"
+
+
+def test_a_close_up_the_full_range_model_misses_does_not_hold_the_full_range_model(muxspace_dir, monkeypatch):
+    detector = FaceDetector("auto")
+    monkeypatch.setattr(detector, "_detect_full_range", lambda image: [])
+    portrait = load_rgb(muxspace_dir / "happy", sorted((muxspace_dir / "happy").glob("*.jpg"))[0].name)
+    for _ in range(3):
+        assert detector.detect(portrait)
+    detector.close()

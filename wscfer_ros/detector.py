@@ -11,7 +11,10 @@ Two models ship inside the ``mediapipe`` package:
 Modes: ``"short"``, ``"full"`` and ``"auto"`` (the default).  ``"auto"`` runs
 the short-range model and, when it finds no face or scores any face below
 ``SHORT_RANGE_TRUST``, runs the full-range model as well and keeps its faces
-(plus any trusted short-range face it missed).  Measured on the shared media
+(plus any trusted short-range face it missed); when the full-range model
+finds none, the short-range faces stay: faces filling much of the frame
+(close-ups, portrait crops) are beyond the full-range model, and the
+short-range model often scores them below the trust threshold.  Measured on the shared media
 (mediapipe 0.10.21, 2-core CPU, idle machine, min confidence 0.5; faces
 found, median ms per frame; ``auto`` = short plus full on fallback frames):
 
@@ -154,9 +157,12 @@ class FaceDetector:
         else:
             faces = self._detect_short_range(image_rgb)
             if self.mode == "auto" and (not faces or min(f.score for f in faces) < SHORT_RANGE_TRUST):
-                trusted = [f for f in faces if f.score >= SHORT_RANGE_TRUST]
-                faces = _merge(self._detect_full_range(image_rgb), trusted)
-                self._full_range_hold = FULL_RANGE_HOLD_FRAMES
+                full_range = self._detect_full_range(image_rgb)
+                if full_range:
+                    faces = _merge(full_range, [f for f in faces if f.score >= SHORT_RANGE_TRUST])
+                    self._full_range_hold = FULL_RANGE_HOLD_FRAMES
+                # Else the full-range model saw nothing: it misses faces close to the camera, which the
+                # short-range model finds with scores below the trust threshold; keep those.
         faces.sort(key=lambda face: face.score, reverse=True)
         return faces[:self.max_faces]
 
