@@ -187,10 +187,15 @@ def test_auto_finds_portrait_close_ups_that_the_full_range_model_misses(muxspace
     assert sum(found) >= 0.95 * len(files), f"faces found in {sum(found)} of {len(files)} portraits"
 
 
-def test_a_close_up_the_full_range_model_misses_does_not_hold_the_full_range_model(muxspace_dir, monkeypatch):
+def test_a_close_up_the_full_range_model_misses_does_not_hold_the_full_range_model(monkeypatch):
+    """An unsure short-range face and nothing from the full-range model: the face stays, and the
+    next frame tries the short-range model again instead of the full-range one that saw nothing."""
     detector = FaceDetector("auto")
-    monkeypatch.setattr(detector, "_detect_full_range", lambda image: [])
-    portrait = load_rgb(muxspace_dir / "happy", sorted((muxspace_dir / "happy").glob("*.jpg"))[0].name)
-    for _ in range(3):
-        assert detector.detect(portrait)
+    unsure = Detection((10, 10, 200, 200), 0.6, (60.0, 80.0), (150.0, 80.0))
+    calls = []
+    monkeypatch.setattr(detector, "_detect_short_range", lambda image: calls.append("short") or [unsure])
+    monkeypatch.setattr(detector, "_detect_full_range", lambda image: calls.append("full") or [])
+    frame = np.zeros((240, 320, 3), np.uint8)
+    assert [detector.detect(frame) for _ in range(3)] == [[unsure]] * 3
     detector.close()
+    assert calls == ["short", "full"] * 3
