@@ -26,8 +26,15 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "numpy<2",
-        "mediapipe==0.10.21",
-        "onnxruntime-gpu",
+        # 0.10.21 has no Linux aarch64 wheel (Jetson); 0.10.18, the last that
+        # has one, bundles the same two face-detection models byte for byte.
+        'mediapipe==0.10.21; platform_machine != "aarch64"',
+        'mediapipe==0.10.18; platform_machine == "aarch64"',
+        # onnxruntime-gpu (it runs on the CPU too) has wheels for x86_64 Linux
+        # only among the robots' platforms; elsewhere (Jetson's aarch64, macOS)
+        # PyPI's onnxruntime, which has the CPU provider only.
+        'onnxruntime-gpu; sys_platform == "linux" and platform_machine == "x86_64"',
+        'onnxruntime; sys_platform != "linux" or platform_machine != "x86_64"',
         "PyYAML",
         "tqdm",
     ],
@@ -47,6 +54,8 @@ setup(
             "tensorboard",
             "matplotlib",
         ],
+        # The photo `make run` shows when there is no webcam (camera source 'astronaut').
+        "demo": ["scikit-image"],
         "test": ["pytest", "pytest-timeout", "scikit-image"],
         # Only to build msg/hri_msgs into the venv (scripts/build_interfaces.py):
         # ROS4HRI's hri_msgs is not on PyPI.

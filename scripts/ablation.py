@@ -44,9 +44,13 @@ MUXSPACE = {"format": "folder", "root": "muxspace",
 def run_one(config: str, out: Path, aux: str, noise: float, seed: int, schedule: list[str]) -> dict:
     if (out / "best.json").exists():
         return json.loads((out / "best.json").read_text())
-    command = [sys.executable, "-m", "wscfer_train.trainer", "--config", config, "--resume",
-               f"run.out_dir={out}", f"run.seed={seed}", f"loss.aux={aux}", f"data.label_noise={noise}",
-               f"data.noise_seed={seed}", *schedule]
+    settings = [f"run.seed={seed}", f"loss.aux={aux}", f"data.label_noise={noise}", f"data.noise_seed={seed}",
+                *schedule]
+    if list((out / "checkpoints").glob("ckpt-*.pt")):   # interrupted: continue it, its settings checked
+        command = [sys.executable, "-m", "wscfer_train.trainer", "--resume", str(out), "--config", config, *settings]
+    else:
+        command = [sys.executable, "-m", "wscfer_train.trainer", "--config", config, f"run.out_dir={out}",
+                   *settings]
     print("$", " ".join(command[1:]), flush=True)
     subprocess.run(command, check=True, cwd=REPO)
     return json.loads((out / "best.json").read_text())

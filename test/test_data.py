@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from conftest import announcing
-from wscfer_train.data import (CANONICAL_CLASSES, FER2013_CLASSES, SkipImage, data_root, decode_bytes,
+import wscfer_train.data
+from wscfer_train.data import (CANONICAL_CLASSES, FER2013_CLASSES, SkipImage, Subset, data_root, decode_bytes,
                                flip_labels, load_dataset)
 
 BRIGHTNESS = {name: 20 + 28 * index for index, name in enumerate(CANONICAL_CLASSES)}
@@ -441,6 +442,46 @@ def test_packed_reader_names_a_missing_split(tmp_path):
     with pytest.raises(ValueError, match=r"no split 'val'.*\['train'\]"):
         load_dataset({"format": "packed", "root": str(tmp_path), "split": "val"}, size=8, color="gray",
                      data_root=tmp_path)
+
+
+# ----------------------------------------------------------------------------- data.limit
+
+def write_numbered_dataset(root: Path, fmt: str, count: int) -> dict:
+    """``count`` flat gray faces, image i of brightness 10 + 12 i, so each image is recognisable; its spec."""
+    values = [10 + 12 * index for index in range(count)]
+    names = ["angry", "happy", "sad"]
+    if fmt == "folder":
+        for index, value in enumerate(values):
+            path = root / "faces" / names[index % 3] / f"{index:02d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), np.full((24, 24), value, np.uint8))
+        return {"format": "folder", "root": "faces", "class_map": {name: name for name in names}}
+    if fmt == "fer2013_csv":
+        write_csv(root / "fer" / "fer2013.csv", ["emotion", "pixels", "Usage"],
+                  [[index % 7, " ".join([str(value)] * 48 * 48), "Training"] for index, value in enumerate(values)])
+        return {"format": "fer2013_csv", "root": "fer"}
+    write_pack(root / "pack.npz", [np.full((48, 48), value, np.uint8) for value in values],
+               [index % 3 for index in range(count)], names)
+    return {"format": "packed", "root": "."}
+
+
+@pytest.mark.parametrize("fmt", ["folder", "fer2013_csv", "packed"])
+def test_data_limit_decodes_only_the_images_it_keeps_and_keeps_the_same_ones(fmt, tmp_path, monkeypatch):
+    spec = write_numbered_dataset(tmp_path, fmt, count=20)
+    everything = load(tmp_path, **spec)
+    decoded = []   # images decoded from their file bytes, or parsed from the CSV's pixel text
+    decode, parse = wscfer_train.data.decode_bytes, np.fromstring
+    monkeypatch.setattr(wscfer_train.data, "decode_bytes", lambda *args: decoded.append(1) or decode(*args))
+    monkeypatch.setattr(np, "fromstring", lambda *args, **kw: decoded.append(1) or parse(*args, **kw))
+
+    limited = load_dataset(spec, size=24, color="gray", data_root=tmp_path, subset=Subset(limit=5, seed=3))
+
+    assert len(decoded) == 5
+    # The five data.limit has always drawn (a seeded permutation of the listed images), in that order.
+    rows = np.random.default_rng(3).permutation(20)[:5]
+    np.testing.assert_array_equal(limited.images, everything.images[rows])
+    assert limited.labels.tolist() == everything.labels[rows].tolist()
+    assert limited.dropped == {"left out by data.limit": 15}
 
 
 # ----------------------------------------------------------------------------- broken images

@@ -2,7 +2,9 @@
 import csv
 import json
 import os
+import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from wscfer_train.config import load_config
+from wscfer_train.config import DEFAULTS, ConfigError, as_yaml, flatten, load_config
 from wscfer_train.losses import objective
 from wscfer_train.model import build_model, load_init
 from wscfer_train.trainer import CSV_FIELDS, Checkpoints, atomic_save, autocast_dtype, main, open_metrics_csv, train
@@ -60,6 +62,16 @@ def reference_run(tmp_path_factory) -> tuple[dict, dict]:
     """
     cfg = make_tiny_config(tmp_path_factory.mktemp("reference"))
     cfg["optim"]["batch_size"] = 2
+    cfg["train"]["checkpoint_steps"] = 3
+    train(cfg)
+    return cfg, final_weights(Path(cfg["run"]["out_dir"]))
+
+
+@pytest.fixture(scope="module")
+def long_reference_run(tmp_path_factory) -> tuple[dict, dict]:
+    """The reference run over 6 epochs (72 steps): a signal sent at step 3 arrives well before the end."""
+    cfg = make_tiny_config(tmp_path_factory.mktemp("long_reference"))
+    cfg["optim"].update(batch_size=2, epochs=6)
     cfg["train"]["checkpoint_steps"] = 3
     train(cfg)
     return cfg, final_weights(Path(cfg["run"]["out_dir"]))
@@ -151,7 +163,7 @@ def test_kill_9_mid_epoch_then_resume_matches_uninterrupted_run(reference_run, t
     assert torch.load(written[-1], weights_only=True)["step"] > 0, "killed in the middle of an epoch"
     assert not (tmp_path / "run" / "best.json").exists()
 
-    assert main(["--config", str(config), "--resume"]) == 0
+    assert main(["--resume", str(tmp_path / "run")]) == 0
     assert_same_weights(final_weights(tmp_path / "run"), uninterrupted)
     assert not list((tmp_path / "run").rglob("*.tmp")), "a save cut short by the kill leaves nothing behind"
 
@@ -189,7 +201,7 @@ def test_resume_skips_a_corrupt_newest_checkpoint_and_names_it(damage, tmp_path,
     newest = checkpoints.save({"global_step": 2, "epoch": 0, "step": 2, "value": torch.zeros(1000)})
     corrupt(newest, damage)
     with caplog.at_level("WARNING", logger="wscfer_train"):
-        assert checkpoints.load_newest("cpu")["value"] == "good"
+        assert checkpoints.load_newest("cpu")[1]["value"] == "good"
     assert f"checkpoint {newest}" in caplog.text and "is unreadable, skipped" in caplog.text
 
 
@@ -199,9 +211,8 @@ def test_resume_with_only_corrupt_checkpoints_exits_1_with_a_clear_message(tiny_
     Checkpoints(folder, keep=2).save({"global_step": 3, "epoch": 0, "step": 3})
     corrupt(folder / "ckpt-000000003.pt", "truncated")
     (folder / "ckpt-000000006.pt").write_bytes(np.random.default_rng(0).bytes(4000))
-    config = tmp_path / "train.yaml"
-    config.write_text(yaml.safe_dump(tiny_config))
-    done = subprocess.run([sys.executable, "-m", "wscfer_train.trainer", "--config", str(config), "--resume"],
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(tiny_config))
+    done = subprocess.run([sys.executable, "-m", "wscfer_train.trainer", "--resume", str(tmp_path / "run")],
                           capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
@@ -226,7 +237,7 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint_intact(tmp_path, mo
         with pytest.raises(OSError, match="No space"):
             checkpoints.save({"global_step": 6, "epoch": 0, "step": 6, "value": "lost"})
     assert sorted(path.name for path in tmp_path.iterdir()) == ["ckpt-000000003.pt", "ckpt-000000006.pt.tmp"]
-    assert checkpoints.load_newest("cpu")["value"] == "good"
+    assert checkpoints.load_newest("cpu")[1]["value"] == "good"
     checkpoints.save({"global_step": 9, "epoch": 0, "step": 9, "value": "next"})
     assert sorted(path.name for path in tmp_path.iterdir()) == ["ckpt-000000003.pt", "ckpt-000000009.pt"]
 
@@ -257,7 +268,7 @@ def test_atomic_save_leaves_no_partial_file(tmp_path):
 
 
 def test_unknown_config_key_is_an_error():
-    with pytest.raises(KeyError, match="optim.lrr"):
+    with pytest.raises(ConfigError, match="optim.lrr"):
         load_config(None, ["optim.lrr=0.1"])
 
 
@@ -287,13 +298,20 @@ torch.save({"loss": loss.item() / world, "grad": grad}, os.environ["OUT"] + f".{
 """
 
 
+def free_port() -> int:
+    """A TCP port no other process listens on now: fixed ports collide when two suites run on one machine."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_two_gloo_processes_gather_negatives_across_ranks(tmp_path):
     """The mean of the per-rank losses equals the loss of one process that sees the global batch."""
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT)
     env = {**os.environ, "OUT": str(tmp_path / "out"), "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                    "--master_port", "29517", str(script)], check=True, env=env, timeout=120,
+                    "--master_port", str(free_port()), str(script)], check=True, env=env, timeout=120,
                    capture_output=True)
     results = [torch.load(tmp_path / f"out.{rank}") for rank in range(2)]
     torch.manual_seed(0)
@@ -318,7 +336,7 @@ def test_torchrun_training_on_two_cpu_processes(tiny_config, tmp_path):
     config_path.write_text(yaml.safe_dump(tiny_config))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", "29518", "-m", "wscfer_train.trainer", "--config", str(config_path)],
+                           "--master_port", str(free_port()), "-m", "wscfer_train.trainer", "--config", str(config_path)],
                           env=env, timeout=180, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     run = json.loads((tmp_path / "ddp_run" / "run.json").read_text())
@@ -469,3 +487,139 @@ def test_a_pretrained_start_loads_the_published_weights_and_trains_in_their_norm
     assert saved["meta"]["mean"] == pytest.approx([(122.782 + 117.001 + 104.298) / 3 / 255])
     assert saved["meta"]["std"] == pytest.approx([1.0])
     torch.testing.assert_close(saved["model"]["backbone.blocks.0.conv0.weight"], published)
+
+
+# ---------------------------------------------------------------- stopping, resuming, --help
+
+def start_cli(args: list[str], log_path: Path) -> subprocess.Popen:
+    """``wscfer-train`` in its own process, as a user starts it; stdout and stderr go to ``log_path``."""
+    output = open(log_path, "w")
+    return subprocess.Popen([sys.executable, "-m", "wscfer_train.trainer", *args], stdout=output, stderr=output,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "wscfer_train.trainer", *args], capture_output=True, text=True,
+                          timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_saves_the_current_step_prints_the_resume_command_and_the_resumed_run_matches(
+        long_reference_run, tmp_path, signum, status):
+    cfg, uninterrupted = long_reference_run
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(copy_to(cfg, tmp_path / "run")))
+    folder = tmp_path / "run" / "checkpoints"
+    process = start_cli(["--config", str(config)], tmp_path / "stopped.log")
+    deadline = time.monotonic() + 240
+    while not list(folder.glob("ckpt-*.pt")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    on_disk = Checkpoints(folder, 2).paths()[-1]     # the step-3 checkpoint: the run is in its steps
+    process.send_signal(signum)
+    process.wait(timeout=120)
+    output = (tmp_path / "stopped.log").read_text()
+    assert process.returncode == status, output[-3000:]
+    assert "Traceback" not in output
+    stops = [line for line in output.splitlines() if "resume with:" in line]
+    assert len(stops) == 1, output[-3000:]
+    saved = Path(stops[0].split("saved ")[1].split(" (")[0])
+    assert saved.parent == folder and saved.name > on_disk.name, "saved at the step the signal arrived"
+    state = torch.load(saved, weights_only=True)
+    assert f"epoch {state['epoch'] + 1}/6 with {state['step']} of its 12 steps done" in stops[0]
+    assert not (tmp_path / "run" / "best.json").exists()
+
+    command = shlex.split(stops[0].split("resume with: ")[1])
+    assert command == [sys.executable, "-m", "wscfer_train.trainer", "--resume", str(tmp_path / "run")]
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=240,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {saved}: epoch {state['epoch'] + 1}/6" in resumed.stderr
+    assert_same_weights(final_weights(tmp_path / "run"), uninterrupted)
+
+
+def interrupted_run(reference_run, tmp_path, max_steps: int) -> Path:
+    """A copy of the reference run stopped by train.max_steps, through the CLI as a user would; its folder."""
+    cfg, _ = reference_run
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(copy_to(cfg, tmp_path / "run")))
+    assert main(["--config", str(config), f"train.max_steps={max_steps}"]) == 0
+    return tmp_path / "run"
+
+
+def test_resume_takes_the_runs_saved_settings_and_says_the_epoch_it_runs(reference_run, tmp_path, caplog):
+    run = interrupted_run(reference_run, tmp_path, max_steps=16)   # epoch 1 done, 4 steps into epoch 2
+    with caplog.at_level("INFO", logger="wscfer_train"):
+        assert main(["--resume", str(run)]) == 0
+    assert "ckpt-000000016.pt: epoch 2/2 with 4 of its 12 steps done" in caplog.text
+    assert_same_weights(final_weights(run), reference_run[1])
+
+
+def test_resume_refuses_a_changed_setting_unless_allowed(reference_run, tmp_path, caplog):
+    run = interrupted_run(reference_run, tmp_path, max_steps=4)
+    before = Checkpoints(run / "checkpoints", 2).paths()
+    caplog.clear()
+
+    assert main(["--resume", str(run), "optim.lr=0.5", "optim.epochs=2"]) == 1
+    errors = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert len(errors) == 1
+    assert "optim.lr is 0.1 in the run, 0.5 given" in errors[0] and "--allow-changes" in errors[0]
+    assert "optim.epochs" not in errors[0], "a value given again that agrees is no difference"
+    assert Checkpoints(run / "checkpoints", 2).paths() == before, "nothing trained"
+
+    # The config file given again agrees; train.* may always change.
+    config = tmp_path / "train.yaml"
+    assert main(["--resume", str(run), "--config", str(config), "train.max_steps=2", "train.threads=1"]) == 0
+
+    caplog.clear()
+    with caplog.at_level("INFO", logger="wscfer_train"):
+        assert main(["--resume", str(run), "--allow-changes", "optim.epochs=3"]) == 0
+    assert "--allow-changes: optim.epochs 2 -> 3" in caplog.text
+    assert len((run / "metrics.csv").read_text().strip().splitlines()) == 1 + 3
+    assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["epochs"] == 3
+
+
+@pytest.mark.parametrize("case", ["no folder", "no checkpoint yet"])
+def test_resume_without_a_run_to_continue_is_one_error_line(tiny_config, tmp_path, case):
+    if case == "no checkpoint yet":   # stopped before its first checkpoint: config.yaml only
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(tiny_config))
+    done = run_cli("--resume", str(tmp_path / "run"))
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "ERROR --resume" in lines[0], done.stderr
+    assert ("no run there" if case == "no folder" else "start it again without --resume") in lines[0]
+
+
+def test_a_new_run_never_overwrites_a_run_folder_with_checkpoints(reference_run, tmp_path, caplog):
+    run = interrupted_run(reference_run, tmp_path, max_steps=4)
+    before = {path: path.read_bytes() for path in Checkpoints(run / "checkpoints", 2).paths()}
+    caplog.clear()
+    assert main(["--config", str(tmp_path / "train.yaml")]) == 1
+    errors = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert len(errors) == 1 and f"--resume {run}" in errors[0]
+    assert {path: path.read_bytes() for path in Checkpoints(run / "checkpoints", 2).paths()} == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["optim.lrr=0.1"], "unknown config key 'optim.lrr'"),
+    (["optim.lr"], "not of the form key=value"),
+    (["data.size=[48"], "is not YAML"),
+])
+def test_a_bad_setting_is_one_error_line_before_any_data_is_read(tiny_config, tmp_path, args, message):
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(tiny_config))
+    done = run_cli("--config", str(config), *args)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_help_lists_every_setting_with_its_default_as_text():
+    done = run_cli("--help")
+    assert done.returncode == 0
+    for key, value in flatten(DEFAULTS).items():
+        assert f"    {key} = {as_yaml(value)}\n" in done.stdout, key
+    assert "    data.limit = 0\n" in done.stdout and "    optim.epochs = 30\n" in done.stdout
+    assert "    augment.rotation = 10.0\n" in done.stdout
+    assert "``" not in done.stdout and "DEFAULTS" not in done.stdout and "state_dict" not in done.stdout

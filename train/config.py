@@ -5,6 +5,12 @@
 Override values are parsed as YAML (``0.05`` is a float, ``[48, 48]`` a list,
 ``null`` None).  A key that is not in the defaults is an error, so a typo
 never silently trains the wrong thing.
+
+A run folder keeps the configuration it was trained with (``config.yaml``);
+``--resume`` compares a configuration given again with it
+(:func:`differences`): the ``train`` section says how a run is executed
+(device, threads, checkpoints, a step limit), not what it trains, so it may
+change freely.
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ DEFAULTS: dict = {
         "crop_scale": 1.25,     # written into the exported model for the node's face crops
         "label_noise": 0.0,     # fraction of training labels flipped to another class
         "noise_seed": 0,
-        "limit": 0,             # use only the first N training images (0: all); for smoke runs
+        "limit": 0,             # use N training images drawn with run.seed (0: all); for smoke runs
     },
     "model": {"arch": "resnet18",       # resnet18 | resnet10 | efficientnet_lite0 | faceapi
               "width": 64, "stem": "imagenet",  # ResNets only
@@ -47,11 +53,33 @@ DEFAULTS: dict = {
 }
 
 
+# One line each in wscfer-train --help, above the section's keys.
+SECTIONS = {
+    "run": "the run folder and the seed",
+    "data": "datasets, each {format: ..., root: ...} (formats in the README), image size and colour",
+    "model": "the network",
+    "loss": "the training objective and distillation teachers",
+    "optim": "SGD with warm-up and cosine schedule",
+    "augment": "changes to the augmentation of the two views",
+    "train": "how the run is executed; free to change when resuming",
+}
+# Keys that may differ from the saved configuration when a run is resumed.
+FREE_ON_RESUME = ("run.out_dir", "train.")
+# null means "measured on the training images"; the saved configuration holds the measurement.
+MEASURED = ("data.mean", "data.std")
+
+
+class ConfigError(ValueError):
+    """A configuration refused before any data is read; the message says which key and why."""
+
+
 def _merge(base: dict, update: dict, where: str = "") -> dict:
+    if not isinstance(update, dict):
+        raise ConfigError(f"config section {where.rstrip('.') or 'top level'} must be a mapping, got {update!r}")
     for key, value in update.items():
         if key not in base:
             known = ", ".join(sorted(base))
-            raise KeyError(f"unknown config key {where}{key!r} (known here: {known})")
+            raise ConfigError(f"unknown config key {where}{key!r} (known here: {known})")
         if isinstance(base[key], dict) and isinstance(value, dict) and key != "augment":
             _merge(base[key], value, f"{where}{key}.")
         else:
@@ -62,24 +90,76 @@ def _merge(base: dict, update: dict, where: str = "") -> dict:
 def apply_override(cfg: dict, override: str) -> None:
     """Apply one ``section.key=value`` override in place."""
     if "=" not in override:
-        raise ValueError(f"override {override!r} is not of the form key=value")
+        raise ConfigError(f"override {override!r} is not of the form key=value")
     dotted, raw = override.split("=", 1)
     *parents, leaf = dotted.split(".")
     node = cfg
     for part in parents:
         if not isinstance(node.get(part), dict):
-            raise KeyError(f"unknown config key {dotted!r}")
+            raise ConfigError(f"unknown config key {dotted!r}")
         node = node[part]
     if leaf not in node and node is not cfg.get("augment"):
-        raise KeyError(f"unknown config key {dotted!r}")
-    node[leaf] = yaml.safe_load(raw)
+        raise ConfigError(f"unknown config key {dotted!r}")
+    try:
+        node[leaf] = yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {override!r}: the value is not YAML ({error.problem})") from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> dict:
+    """The defaults, then the YAML file at ``path`` (if any), then the overrides."""
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
-        with open(path) as f:
-            _merge(cfg, yaml.safe_load(f) or {})
+        try:
+            _merge(cfg, _read_yaml(Path(path)))
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from None
     for override in overrides:
         apply_override(cfg, override)
     return cfg
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}".replace("\n", " ")) from None
+
+
+def flatten(cfg: dict, prefix: str = "") -> dict:
+    """``{"optim.lr": 0.1, ...}``: one entry per leaf, sections joined with dots."""
+    flat = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict):   # an empty one (augment: {}) has no leaves
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def differences(saved: dict, given: dict) -> list[tuple[str, object, object]]:
+    """(key, saved value, given value) for each setting that would change what a resumed run trains."""
+    saved_flat, given_flat = flatten(saved), flatten(given)
+    changed = []
+    for key in sorted(saved_flat.keys() | given_flat.keys()):
+        old, new = saved_flat.get(key), given_flat.get(key)
+        if old == new or key.startswith(FREE_ON_RESUME) or (key in MEASURED and new is None):
+            continue
+        changed.append((key, old, new))
+    return changed
+
+
+def as_yaml(value) -> str:
+    """A value as it would be written in an override: null, true, 0.1, [48, 48], {}."""
+    return yaml.safe_dump([value], default_flow_style=True, width=1000).strip()[1:-1]
+
+
+def config_help(defaults: dict) -> str:
+    """Every section and key of ``defaults`` with its default value, for --help."""
+    lines = []
+    for section, values in defaults.items():
+        lines.append(f"  {section}: {SECTIONS.get(section, '')}".rstrip())
+        lines += [f"    {key} = {as_yaml(value)}" for key, value in flatten(values, f"{section}.").items()]
+    return "\n".join(lines)

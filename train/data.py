@@ -13,7 +13,8 @@ A dataset is described by a spec, the same dict a training config holds::
     {"format": "rafdb", "root": "raf-basic", "split": "test"}
 
 ``root`` is relative to :func:`data_root` unless absolute; the other keys are
-the keyword options of the format's reader below.
+the keyword options of the format's reader below.  A :class:`Subset`
+(``data.limit``) is chosen from the listed images before any is decoded.
 """
 from __future__ import annotations
 
@@ -96,6 +97,20 @@ class FaceDataset:
         return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class Subset:
+    """``limit`` of a dataset's listed images, drawn with ``seed`` (``data.limit``, ``run.seed``); 0 keeps all."""
+
+    limit: int = 0
+    seed: int = 0
+
+    def rows(self, count: int) -> np.ndarray | None:
+        """Indices of the kept rows among ``count`` listed ones, in training order; None keeps every row."""
+        if not self.limit:
+            return None
+        return np.random.default_rng(self.seed).permutation(count)[: self.limit]
+
+
 class DatasetError(ValueError):
     """A dataset refused before training starts (bad spec, labels or files); the message says why."""
 
@@ -106,8 +121,10 @@ def data_root() -> Path:
     return Path(configured).expanduser() if configured else _REPO_ROOT.parent / "shared" / "data"
 
 
-def load_dataset(spec: dict, *, size: int, color: str, data_root: Path) -> FaceDataset:
+def load_dataset(spec: dict, *, size: int, color: str, data_root: Path, subset: Subset = Subset()) -> FaceDataset:
     """Reads the dataset ``spec`` describes, at ``size`` x ``size`` pixels in ``color`` ("gray" or "rgb").
+
+    Only the images ``subset`` keeps are decoded.
 
     Raises ValueError for a bad spec (unknown format or option, a missing
     required option, unknown class names) and FileNotFoundError for a missing
@@ -131,7 +148,7 @@ def load_dataset(spec: dict, *, size: int, color: str, data_root: Path) -> FaceD
         raise FileNotFoundError(f"dataset root {root} is not a folder (relative roots are resolved "
                                 f"under {data_root}; set WSCFER_DATA to move it)")
     started = time.perf_counter()
-    dataset = reader(root, size, color, **options)
+    dataset = reader(root, size, color, subset, **options)
     if not len(dataset):
         raise DatasetError(f"{dataset.name}: no images under {root} (dropped: {dataset.dropped})")
     log.info("%s\n  loaded in %.1f s", dataset.summary(), time.perf_counter() - started)
@@ -169,24 +186,37 @@ def flip_labels(labels: np.ndarray, fraction: float, num_classes: int,
 
 
 # ----------------------------------------------------------------------------- readers
-# Each reader takes (root, size, color) and its format's options as keyword-only
-# parameters; load_dataset checks a spec's options against those parameters.
+# Each reader takes (root, size, color, subset) and its format's options as
+# keyword-only parameters; load_dataset checks a spec's options against those.
 
-def _read_fer2013_csv(root: Path, size: int, color: str, *, usage: str = "Training",
+def _read_fer2013_csv(root: Path, size: int, color: str, subset: Subset, *, usage: str = "Training",
                       file: str = "fer2013.csv") -> FaceDataset:
     """The original ``fer2013.csv``: emotion id 0-6, 48x48 pixels as text, Usage split."""
     _check_choice("usage", usage, FER2013_USAGES)
     path = root / file
-    images, labels, bad_lines, unknown_ids = [], [], [], set()
+    required = ("emotion", "pixels", "Usage")
+    name, dropped = f"fer2013-csv:{usage}", Counter()
+    # With a subset, a first pass counts the usage's rows, so that only the kept rows' pixel text is parsed.
+    place_of = None
+    if subset.limit:
+        count = sum(row["Usage"] == usage for _, row in _csv_rows(path, required))
+        rows = subset.rows(count)
+        _count_limited(dropped, count, len(rows))
+        place_of = {int(row): place for place, row in enumerate(rows)}
+    images, labels, places, bad_lines, unknown_ids = [], [], [], [], set()
     with warnings.catch_warnings():
         # numpy warns (and will raise) on pixel text it cannot parse; that row is unreadable.
         warnings.simplefilter("error", DeprecationWarning)
-        for line, row in _csv_rows(path, ("emotion", "pixels", "Usage")):
+        ordinal = -1
+        for line, row in _csv_rows(path, required):
             if row["Usage"] != usage:
                 continue
+            ordinal += 1
             emotion = _parse_int(row["emotion"], path, line)
             if not 0 <= emotion < len(FER2013_CLASSES):
                 unknown_ids.add(emotion)
+                continue
+            if place_of is not None and ordinal not in place_of:
                 continue
             try:
                 pixels = np.fromstring(row["pixels"], dtype=np.int32, sep=" ")
@@ -200,8 +230,12 @@ def _read_fer2013_csv(root: Path, size: int, color: str, *, usage: str = "Traini
                 image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
             images.append(_square_resize(image, size))
             labels.append(emotion)
+            if place_of is not None:
+                places.append(place_of[ordinal])
     _raise_unknown_ids(unknown_ids, path, "0-6")
-    name, dropped = f"fer2013-csv:{usage}", Counter()
+    if place_of is not None:   # file order -> the subset's order
+        order = np.argsort(places)
+        images, labels = [images[index] for index in order], [labels[index] for index in order]
     if bad_lines:
         _count_left_out(name, [(f"{path}:{line}", "bad pixel values") for line in bad_lines], dropped)
     decoded = np.stack(images) if images else np.empty(_images_shape(0, size, color), np.uint8)
@@ -209,21 +243,21 @@ def _read_fer2013_csv(root: Path, size: int, color: str, *, usage: str = "Traini
                        name=name, dropped=dict(dropped))
 
 
-def _read_fer2013_folder(root: Path, size: int, color: str) -> FaceDataset:
+def _read_fer2013_folder(root: Path, size: int, color: str, subset: Subset) -> FaceDataset:
     """Kaggle's FER2013 image export: ``<root>/<class>/*.jpg``, folders named as FER2013's classes."""
-    return _read_class_folders(root, size, color, {name: name for name in FER2013_CLASSES},
+    return _read_class_folders(root, size, color, subset, {name: name for name in FER2013_CLASSES},
                                name=f"fer2013-folder:{root.name}")
 
 
-def _read_folder(root: Path, size: int, color: str, *,
+def _read_folder(root: Path, size: int, color: str, subset: Subset, *,
                  class_map: dict[str, str | None]) -> FaceDataset:
     """``<root>/<folder>/<image>``; ``class_map`` gives every folder's class name, null to skip it."""
     if not isinstance(class_map, dict) or not class_map:
         raise DatasetError("format 'folder' needs class_map: {folder name: class name, or null to skip}")
-    return _read_class_folders(root, size, color, class_map, name=f"folder:{root.name}")
+    return _read_class_folders(root, size, color, subset, class_map, name=f"folder:{root.name}")
 
 
-def _read_rafdb(root: Path, size: int, color: str, *, split: str = "train",
+def _read_rafdb(root: Path, size: int, color: str, subset: Subset, *, split: str = "train",
                 images: str = "Image/aligned") -> FaceDataset:
     """RAF-DB basic: ``EmoLabel/list_patition_label.txt`` lines ``train_00001.jpg 5``, ids 1-7.
 
@@ -256,10 +290,10 @@ def _read_rafdb(root: Path, size: int, color: str, *, split: str = "train",
         paths.append(aligned if aligned.exists() else image_dir / file_name)
         labels.append(label_of_id[raf_id])
     _raise_unknown_ids(unknown_ids, listing, "1-7")
-    return _decode_files(f"rafdb:{split}", class_names, paths, labels, Counter(), size, color)
+    return _decode_files(f"rafdb:{split}", class_names, paths, labels, Counter(), size, color, subset)
 
 
-def _read_ferplus(root: Path, size: int, color: str, *, usage: str = "Training",
+def _read_ferplus(root: Path, size: int, color: str, subset: Subset, *, usage: str = "Training",
                   images: str | None = None, include_contempt: bool = True,
                   file: str = "fer2013new.csv") -> FaceDataset:
     """FERPlus: ten annotators' votes per FER2013 image in ``fer2013new.csv``, images as PNG.
@@ -299,10 +333,10 @@ def _read_ferplus(root: Path, size: int, color: str, *, usage: str = "Training",
             continue
         paths.append(image_dir / image_name)
         labels.append(class_names.index(name))
-    return _decode_files(f"ferplus:{usage}", class_names, paths, labels, dropped, size, color)
+    return _decode_files(f"ferplus:{usage}", class_names, paths, labels, dropped, size, color, subset)
 
 
-def _read_affectnet(root: Path, size: int, color: str, *, split: str = "train", file: str | None = None,
+def _read_affectnet(root: Path, size: int, color: str, subset: Subset, *, split: str = "train", file: str | None = None,
                     images: str = "Manually_Annotated_Images", num_classes: int = 8,
                     crop_faces: bool = True) -> FaceDataset:
     """AffectNet's manually annotated set: ``training.csv`` / ``validation.csv`` and the images.
@@ -336,11 +370,11 @@ def _read_affectnet(root: Path, size: int, color: str, *, split: str = "train", 
             boxes.append(tuple(round(_parse_float(row[column], path, line))
                                for column in AFFECTNET_BOX_COLUMNS))
     _raise_unknown_ids(unknown_ids, path, "0-10")
-    return _decode_files(f"affectnet:{split}", class_names, paths, labels, dropped, size, color,
+    return _decode_files(f"affectnet:{split}", class_names, paths, labels, dropped, size, color, subset,
                          boxes if crop_faces else None)
 
 
-def _read_packed(root: Path, size: int, color: str, *, split: str = "train",
+def _read_packed(root: Path, size: int, color: str, subset: Subset, *, split: str = "train",
                  file: str = "pack.npz") -> FaceDataset:
     """A dataset packed by ``scripts/pack_dataset.py`` into one ``.npz`` file.
 
@@ -360,15 +394,20 @@ def _read_packed(root: Path, size: int, color: str, *, split: str = "train",
         class_names = _canonical([str(name) for name in pack["class_names"]], str(path))
     _raise_unknown_ids(set(labels[(labels < 0) | (labels >= len(class_names))].tolist()), path,
                        f"0-{len(class_names) - 1} (its class_names)")
-    images = np.empty(_images_shape(len(labels), size, color), np.uint8)
+    name, dropped = f"packed:{split}", Counter()
+    rows = subset.rows(len(labels))
+    if rows is None:
+        rows = np.arange(len(labels))
+    _count_limited(dropped, len(labels), len(rows))
+    labels = labels[rows]
+    images = np.empty(_images_shape(len(rows), size, color), np.uint8)
     failures = []
-    for index in tqdm(range(len(labels)), desc=f"decoding {path.name}:{split}", unit="img", file=sys.stderr,
-                      disable=len(labels) < _PROGRESS_MIN_FILES):
+    for index, row in enumerate(tqdm(rows, desc=f"decoding {path.name}:{split}", unit="img", file=sys.stderr,
+                                     disable=len(rows) < _PROGRESS_MIN_FILES)):
         try:
-            images[index] = decode_bytes(encoded[offsets[index]:offsets[index + 1]], size, color)
+            images[index] = decode_bytes(encoded[offsets[row]:offsets[row + 1]], size, color)
         except SkipImage as skip:
             failures.append((index, str(skip)))
-    name, dropped = f"packed:{split}", Counter()
     if failures:
         _count_left_out(name, [(f"{path} {split} image {index}", reason) for index, reason in failures], dropped)
         images, labels = _remove_rows(images, labels, [index for index, _ in failures])
@@ -403,7 +442,7 @@ def _in_canonical_order(names: Iterable[str]) -> list[str]:
     return sorted(set(names), key=CANONICAL_CLASSES.index)
 
 
-def _read_class_folders(root: Path, size: int, color: str, class_map: dict[str, str | None],
+def _read_class_folders(root: Path, size: int, color: str, subset: Subset, class_map: dict[str, str | None],
                         name: str) -> FaceDataset:
     """One folder per class; every folder must be in ``class_map`` so no class is guessed."""
     folders = sorted(entry.name for entry in os.scandir(root)
@@ -432,7 +471,7 @@ def _read_class_folders(root: Path, size: int, color: str, class_map: dict[str, 
                 labels.append(label)
             else:
                 dropped["not an image file"] += 1
-    return _decode_files(name, class_names, paths, labels, dropped, size, color)
+    return _decode_files(name, class_names, paths, labels, dropped, size, color, subset)
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -442,9 +481,14 @@ class SkipImage(Exception):
 
 
 def _decode_files(name: str, class_names: list[str], paths: Sequence[Path], labels: Sequence[int],
-                  dropped: Counter, size: int, color: str,
+                  dropped: Counter, size: int, color: str, subset: Subset,
                   boxes: Sequence[tuple[int, int, int, int]] | None = None) -> FaceDataset:
-    """Decodes every listed file once, on a thread pool, into one array; failures are counted."""
+    """Decodes each listed file that ``subset`` keeps once, on a thread pool, into one array; failures are counted."""
+    rows = subset.rows(len(paths))
+    if rows is not None:
+        _count_limited(dropped, len(paths), len(rows))
+        paths, labels = [paths[row] for row in rows], [labels[row] for row in rows]
+        boxes = None if boxes is None else [boxes[row] for row in rows]
     count = len(paths)
     images = np.empty(_images_shape(count, size, color), np.uint8)
     labels = np.asarray(labels, np.int64)
@@ -473,6 +517,11 @@ def _decode_files(name: str, class_names: list[str], paths: Sequence[Path], labe
         images, labels = _remove_rows(images, labels, [index for index, _ in failures])
     return FaceDataset(images=images, labels=labels, class_names=class_names, name=name,
                        dropped=dict(dropped))
+
+
+def _count_limited(dropped: Counter, listed: int, kept: int) -> None:
+    if listed > kept:
+        dropped["left out by data.limit"] += listed - kept
 
 
 def _count_left_out(name: str, failures: Sequence[tuple[str, str]], dropped: Counter) -> None:

@@ -1,6 +1,7 @@
 """``wscfer-train``: train a WSCFER model, top to bottom.
 
-    wscfer-train --config config/train_fer2013.yaml [key=value ...] [--resume] [--init weights.pt]
+    wscfer-train --config config/train_fer2013.yaml [key=value ...] [--init weights.pt]
+    wscfer-train --resume runs/fer2013_wscfer [key=value ...] [--allow-changes]
     torchrun --nproc_per_node 4 -m wscfer_train.trainer --config ...     # several GPUs (DDP)
 
 Each step takes a batch of stored uint8 images, makes two augmented views of
@@ -9,12 +10,16 @@ each on the training device, and minimises L_cls + lambda * L_aux (+ PCL), see
 towards the teachers' soft targets (``distill.py``). The run folder holds
 ``config.yaml``, ``run.json`` (data summary, label noise), ``metrics.csv``,
 TensorBoard events in ``tb/``, rolling checkpoints in ``checkpoints/`` and
-``best.pt`` (the epoch with the best validation accuracy). ``--resume``
+``best.pt`` (the epoch with the best validation accuracy). ``--resume RUN``
 continues from the newest readable checkpoint exactly where it stopped: model,
-optimiser, schedule, grad scaler, random generators and position in the epoch.
-A checkpoint is written to a temporary file and renamed, so a crash or
-``kill -9`` never leaves half of one; a corrupt one is reported and the one
-before it used. Every file the trainer writes loads with
+optimiser, schedule, grad scaler, random generators and position in the epoch,
+with the configuration saved in the run folder; settings given again must
+agree with it (``config.differences``) unless ``--allow-changes``. A new run
+never overwrites a folder that holds checkpoints. SIGINT or SIGTERM during
+the steps saves a checkpoint at the current step and exits 130 / 143 with the
+command that resumes. A checkpoint is written to a temporary file and renamed,
+so a crash or ``kill -9`` never leaves half of one; a corrupt one is reported
+and the one before it used. Every file the trainer writes loads with
 ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
@@ -26,7 +31,10 @@ import logging
 import math
 import os
 import random
+import shlex
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -37,9 +45,10 @@ import torch.distributed.nn.functional as dist_fn
 import yaml
 from tqdm import tqdm
 
+from .augment import DEFAULTS as AUGMENT_DEFAULTS
 from .augment import Augment
-from .config import load_config
-from .data import DatasetError, data_root, flip_labels, load_dataset
+from .config import DEFAULTS, MEASURED, ConfigError, apply_override, as_yaml, config_help, differences, load_config
+from .data import DatasetError, Subset, data_root, flip_labels, load_dataset
 from .distill import TeacherError, cached_soft_targets, check_settings
 from .evaluate import evaluate_model
 from .losses import objective
@@ -102,14 +111,12 @@ def load_data(cfg: dict, rank: int):
     """Training and validation sets, with the configured label noise applied to training."""
     data = cfg["data"]
     root = data_root()
-    train = load_dataset(data["train"], size=data["size"], color=data["color"], data_root=root)
+    train = load_dataset(data["train"], size=data["size"], color=data["color"], data_root=root,
+                         subset=Subset(data["limit"], cfg["run"]["seed"]))
     val = load_dataset(data["val"], size=data["size"], color=data["color"], data_root=root)
     if val.class_names != train.class_names:   # found now, not by the first evaluation an epoch later
         raise DatasetError(f"the validation set's classes {val.class_names} differ from the training set's "
                            f"{train.class_names}")
-    if data["limit"]:
-        keep = np.random.default_rng(cfg["run"]["seed"]).permutation(len(train.labels))[: data["limit"]]
-        train.images, train.labels = train.images[keep], train.labels[keep]
     noise = {"fraction": data["label_noise"], "seed": data["noise_seed"], "flipped": 0}
     if data["label_noise"] > 0:
         train.labels, flipped = flip_labels(train.labels, data["label_noise"], len(train.class_names),
@@ -151,6 +158,13 @@ def warmup_cosine(total_steps: int, warmup_steps: int):
 
 # ---------------------------------------------------------------- checkpoints
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def atomic_save(obj, path: Path) -> None:
     """Write to a temporary file in the same folder, flush it to disk, then rename over ``path``."""
     tmp = path.with_name(path.name + ".tmp")
@@ -162,7 +176,7 @@ def atomic_save(obj, path: Path) -> None:
 
 
 class CheckpointError(RuntimeError):
-    """No checkpoint of the run can be resumed from."""
+    """The run folder does not allow what was asked: nothing to resume, or a run a new one would overwrite."""
 
 
 class Checkpoints:
@@ -183,8 +197,8 @@ class Checkpoints:
             old.unlink()
         return path
 
-    def load_newest(self, device) -> dict | None:
-        """The newest checkpoint that loads (weights-only); None when there is none at all.
+    def load_newest(self, device) -> tuple[Path, dict] | None:
+        """The newest checkpoint that loads (weights-only) and its path; None when there is none at all.
 
         An unreadable checkpoint is reported and the previous one tried; when
         none of them loads, CheckpointError names them all.
@@ -197,8 +211,7 @@ class Checkpoints:
                 log.warning("checkpoint %s (%d bytes) is unreadable, skipped: %s", path, path.stat().st_size,
                             _reason(error))
                 continue
-            log.info("resuming from %s (epoch %d, step %d)", path, state["epoch"], state["step"])
-            return state
+            return path, state
         if paths:
             raise CheckpointError(f"--resume: none of the checkpoints in {self.folder} is readable "
                                   f"({', '.join(path.name for path in paths)}); move them away to start "
@@ -232,11 +245,75 @@ def restore_rng(states: dict, aug_generator: torch.Generator) -> None:
     random.setstate(states["python"])
 
 
+def position(epoch: int, step: int, epochs: int, steps_per_epoch: int) -> str:
+    """Where a run stands, as the epoch it runs next: "epoch 2/20 with 310 of its 449 steps done"."""
+    if epoch >= epochs:
+        return f"all {epochs} epochs done"
+    return f"epoch {epoch + 1}/{epochs} with {step} of its {steps_per_epoch} steps done"
+
+
 def checkpoint_due(train_cfg: dict, global_step: int, last_save: float) -> bool:
     """Whether a mid-epoch checkpoint is due after ``global_step`` steps (``train.checkpoint_*``)."""
     every = train_cfg["checkpoint_steps"]
     return (bool(every) and global_step % every == 0) or \
         time.monotonic() - last_save > 60 * train_cfg["checkpoint_minutes"]
+
+
+# ---------------------------------------------------------------- stopping
+
+class Interrupted(Exception):
+    """Training stopped by a signal after saving a checkpoint; the message says where."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+
+class StopSignals:
+    """While active, SIGINT and SIGTERM during the training steps ask the loop to stop at the next step.
+
+    Before the steps (``stepping`` false: data loading, teachers) a signal
+    acts as without the trainer (KeyboardInterrupt, termination): there is
+    nothing to save yet.  The first signal puts the previous handlers back,
+    so a second Ctrl-C stops at once (checkpoints on disk stay whole: saves
+    are atomic).  Handlers can only be set from the main thread; elsewhere
+    this does nothing.
+    """
+
+    def __init__(self):
+        self.received: int | None = None
+        self.stepping = False
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self._restore()
+        if not self.stepping:
+            signal.raise_signal(signum)   # to the handler that was there before
+            return
+        self.received = signum
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+
+def any_rank(flag: bool, world: int, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on one: all ranks stop at the same step."""
+    if world == 1:
+        return flag
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 # ---------------------------------------------------------------- the loop
@@ -253,16 +330,33 @@ def gather(tensor: torch.Tensor, world: int, differentiable: bool) -> torch.Tens
 
 
 def train(cfg: dict, resume: bool = False) -> dict:
-    """Run (or resume) the training described by ``cfg``; returns the best validation metrics."""
+    """Run (or resume) the training described by ``cfg``; returns the best validation metrics.
+
+    SIGINT or SIGTERM during the training steps saves a checkpoint at the
+    current step and raises :class:`Interrupted`; before the steps (data
+    loading) they act as they would without the trainer.
+    """
+    with StopSignals() as signals:
+        return _train(cfg, resume, signals)
+
+
+def _train(cfg: dict, resume: bool, signals: StopSignals) -> dict:
     rank, world, device = setup_device(cfg["train"])
     seed = cfg["run"]["seed"]
     seed_everything(seed + rank)
     out_dir = Path(cfg["run"]["out_dir"])
     checkpoints = Checkpoints(out_dir / "checkpoints", cfg["train"]["keep_checkpoints"])
     # Before the data: a run that cannot resume stops in seconds, not after decoding the dataset.
-    state = checkpoints.load_newest(device) if resume else None
-    if resume and state is None:
-        log.info("--resume: no checkpoint in %s, starting from scratch", checkpoints.folder)
+    resumed_from, state = None, None
+    if resume:
+        found = checkpoints.load_newest(device)
+        if found is None:
+            raise CheckpointError(f"--resume: {out_dir} has no checkpoint yet (the run stopped before its first "
+                                  "one); start it again without --resume")
+        resumed_from, state = found
+    elif checkpoints.paths():
+        raise CheckpointError(f"{out_dir} already holds a run (up to {checkpoints.paths()[-1].name}): continue "
+                              f"it with --resume {out_dir}, or give the new run another run.out_dir")
     if cfg["loss"]["teachers"]:
         check_settings(cfg["loss"])
     train_set, val_set, noise = load_data(cfg, rank)
@@ -309,10 +403,14 @@ def train(cfg: dict, resume: bool = False) -> dict:
         restore_rng(state["rng"], aug_generator)
         start_epoch, start_step, best = state["epoch"], state["step"], state["best"]
         meta["mean"], meta["std"] = state["meta"]["mean"], state["meta"]["std"]
+        if rank == 0:
+            log.info("resuming from %s: %s", resumed_from,
+                     position(start_epoch, start_step, optim["epochs"], steps_per_epoch))
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-        (out_dir / "run.json").write_text(json.dumps(
+        # Atomic: under torchrun the other ranks may be reading config.yaml for --resume.
+        write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+        write_text_atomic(out_dir / "run.json", json.dumps(
             {"train": train_set.summary(), "val": val_set.summary(), "label_noise": noise,
              "world_size": world, "device": str(device)}, indent=2))
     writer = csv_file = None
@@ -339,10 +437,14 @@ def train(cfg: dict, resume: bool = False) -> dict:
     pair = torch.arange(local * world, device=device)
     pair = pair - pair % local + (pair % local + batch) % local     # the other view, within each rank's block
     anchors = torch.arange(local, device=device) + rank * local
-    steps_this_run, max_steps, interrupted = 0, cfg["train"]["max_steps"], False
+    steps_this_run, max_steps = 0, cfg["train"]["max_steps"]
+    stop = stopped_mid_epoch = signalled = False
+    epochs_done = start_epoch
+    saved = None    # (path, epoch, step) of the newest checkpoint this process wrote
     last_save = time.monotonic()
     started = time.monotonic()
 
+    signals.stepping = True
     for epoch in range(start_epoch, optim["epochs"]):
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
         shard = order[rank::world][: steps_per_epoch * batch].to(device)
@@ -371,16 +473,21 @@ def train(cfg: dict, resume: bool = False) -> dict:
             if rank == 0 and (step + 1) % 10 == 0:
                 rate = count * batch * world / (time.monotonic() - tick)
                 bar.set_postfix(loss=f"{float(sums['loss']) / count:.3f}", img_s=f"{rate:.0f}")
-            interrupted = bool(max_steps) and steps_this_run >= max_steps
-            if rank == 0 and step + 1 < steps_per_epoch and (
-                    interrupted or checkpoint_due(cfg["train"], epoch * steps_per_epoch + step + 1, last_save)):
-                checkpoints.save(snapshot(epoch, step + 1))
-                last_save = time.monotonic()
-            if interrupted:
+            reached_max = bool(max_steps) and steps_this_run >= max_steps
+            if reached_max:
                 log.info("stopping after %d steps (train.max_steps)", steps_this_run)
+            signalled = any_rank(signals.received is not None, world, device)
+            stop = reached_max or signalled
+            # At an epoch's last step the stop waits for the epoch's evaluation and checkpoint below.
+            stopped_mid_epoch = stop and step + 1 < steps_per_epoch
+            if rank == 0 and step + 1 < steps_per_epoch and (
+                    stop or checkpoint_due(cfg["train"], epoch * steps_per_epoch + step + 1, last_save)):
+                saved = checkpoints.save(snapshot(epoch, step + 1)), epoch, step + 1
+                last_save = time.monotonic()
+            if stopped_mid_epoch:
                 break
         bar.close()
-        if interrupted:
+        if stopped_mid_epoch:
             break
         rate = count * batch * world / (time.monotonic() - tick) if count else 0.0
         start_step = 0
@@ -406,15 +513,27 @@ def train(cfg: dict, resume: bool = False) -> dict:
                         "epoch": epoch + 1, "per_class_recall": metrics["per_class_recall"]}
                 atomic_save({"model": model.state_dict(), "meta": {**meta, "val": best}, "config": cfg},
                             out_dir / "best.pt")
-            checkpoints.save(snapshot(epoch + 1, 0))
+            saved = checkpoints.save(snapshot(epoch + 1, 0)), epoch + 1, 0
             last_save = time.monotonic()
+        epochs_done = epoch + 1
+        # A signal during the evaluation stops here, the epoch's checkpoint just written.  Not after
+        # the last epoch: a collective right before DDP's teardown can deadlock gloo's threads.
+        if epochs_done < optim["epochs"]:
+            signalled = signalled or any_rank(signals.received is not None, world, device)
+        if stop or signalled:
+            break
     if rank == 0:
         writer.close()
         csv_file.close()
-        if not interrupted:   # best.json marks a finished run (scripts/ablation.py skips those)
+        if epochs_done >= optim["epochs"]:   # best.json marks a finished run (scripts/ablation.py skips those)
             (out_dir / "best.json").write_text(json.dumps(best, indent=2))
     if world > 1:
         dist.destroy_process_group()
+    if signalled and epochs_done < optim["epochs"]:
+        signum = signals.received or signal.SIGTERM
+        where = "nothing new to save" if saved is None else \
+            f"saved {saved[0]} ({position(saved[1], saved[2], optim['epochs'], steps_per_epoch)})"
+        raise Interrupted(signum, f"stopped by {signal.Signals(signum).name}: {where}")
     return best
 
 
@@ -438,22 +557,124 @@ def open_metrics_csv(path: Path, completed_epochs: int):
     return open(path, "a", newline="")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="wscfer-train", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="YAML file (see config/train_*.yaml)")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of the run")
-    parser.add_argument("--init", help="state_dict to initialise the backbone from (reported key by key)")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=0.05")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    cfg = load_config(args.config, args.overrides)
+EXAMPLES = """\
+examples:
+  wscfer-train --config config/train_fer2013.yaml
+  wscfer-train --config config/train_fer2013.yaml optim.epochs=3 data.limit=2000    # a quick try
+  wscfer-train --resume runs/fer2013_wscfer                                        # after a stop
+  wscfer-train --resume runs/fer2013_wscfer --allow-changes optim.epochs=30        # train it longer
+  torchrun --nproc_per_node 4 -m wscfer_train.trainer --config config/train_fer2013.yaml
+
+Ctrl-C or SIGTERM saves a checkpoint at the current step and prints the command
+that resumes (exit status 130 or 143). The run folder (run.out_dir) holds
+config.yaml, metrics.csv, TensorBoard events (tb/), checkpoints/ and best.pt.
+
+settings and their defaults (a --config file replaces them, key=value replaces
+both; values are YAML):
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wscfer-train", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a facial-expression model with WSCFER (cross-entropy, weak supervised\n"
+                    "contrastive and partial consistency losses) on the CPU, a GPU or several.",
+        epilog=EXAMPLES + config_help({**DEFAULTS, "augment": AUGMENT_DEFAULTS}))
+    parser.add_argument("--config", metavar="FILE",
+                        help="YAML settings of a new run (see config/train_*.yaml); with --resume it is only "
+                             "compared with the run's saved settings")
+    parser.add_argument("--resume", metavar="RUN",
+                        help="continue the run in folder RUN from its newest checkpoint, with the settings "
+                             "saved there")
+    parser.add_argument("--allow-changes", action="store_true",
+                        help="with --resume: settings given again (--config, key=value) replace the saved ones "
+                             "where they differ; without it a difference is an error (train.* settings may "
+                             "always change)")
+    parser.add_argument("--init", metavar="WEIGHTS",
+                        help="a .pt file to start the backbone from: matching layers are loaded, the others "
+                             "listed")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="settings that replace the config file's, e.g. optim.epochs=5 data.limit=2000")
+    return parser
+
+
+def run_config(args: argparse.Namespace) -> dict:
+    """The settings to train with: --config and overrides for a new run, the run's saved ones for --resume.
+
+    On --resume, settings given again are compared with the saved ones; a
+    difference outside ``train.*`` is an error unless --allow-changes, which
+    logs each change.  The run folder given is the run's ``run.out_dir``; a
+    saved ``train.max_steps`` is not carried over.
+    """
+    if not args.resume:
+        cfg = load_config(args.config, args.overrides)
+        if args.init:
+            cfg["model"]["init"] = args.init
+        return cfg
+    saved_file = Path(args.resume) / "config.yaml"
+    if not saved_file.is_file():
+        raise CheckpointError(f"--resume {args.resume}: no run there ({saved_file} not found)")
+    saved = load_config(saved_file)   # defaults first: keys added since the run started get theirs
+    if args.config:
+        given = load_config(args.config, args.overrides)
+    else:
+        given = json.loads(json.dumps(saved))
+        given["train"]["max_steps"] = 0   # a step limit was for the process that saved the run, not for its sequel
+        for override in args.overrides:
+            apply_override(given, override)
     if args.init:
-        cfg["model"]["init"] = args.init
+        given["model"]["init"] = args.init
+    changed = differences(saved, given)
+    if changed and not args.allow_changes:
+        listed = "; ".join(f"{key} is {as_yaml(old)} in the run, {as_yaml(new)} given" for key, old, new in changed)
+        raise ConfigError(f"--resume {args.resume}: {listed}; leave them out to continue the run as it was, or add "
+                          "--allow-changes to continue it with the given values")
+    for key, old, new in changed:
+        log.info("--allow-changes: %s %s -> %s", key, as_yaml(old), as_yaml(new))
+    for key in MEASURED:
+        section, name = key.split(".")
+        if given[section][name] is None:
+            given[section][name] = saved[section][name]
+    given["run"]["out_dir"] = args.resume
+    return given
+
+
+def resume_command(run_dir: str) -> str:
+    """The command line that continues the run in ``run_dir``, started the way this process was."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        program = ["torchrun", "--nproc_per_node", os.environ.get("LOCAL_WORLD_SIZE", "1"), "-m",
+                   "wscfer_train.trainer"]
+    elif Path(sys.argv[0]).name == "wscfer-train":
+        program = [sys.argv[0]]
+    else:
+        program = [sys.executable, "-m", "wscfer_train.trainer"]
+    return shlex.join(program + ["--resume", run_dir])
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.config and not args.resume:
+        parser.error("give --config FILE to start a run, or --resume RUN to continue one")
+    if args.allow_changes and not args.resume:
+        parser.error("--allow-changes goes with --resume")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    rank = int(os.environ.get("RANK", "0"))
+    cfg = None
     try:
-        best = train(cfg, resume=args.resume)
-    except (CheckpointError, DatasetError, TeacherError, FileNotFoundError) as error:
-        # The user's data or run folder, not a bug: one line saying what, no traceback.
+        cfg = run_config(args)
+        best = train(cfg, resume=bool(args.resume))
+    except Interrupted as stop:
+        if rank == 0:
+            log.warning("%s; resume with: %s", stop, resume_command(cfg["run"]["out_dir"]))
+        return 128 + stop.signum
+    except KeyboardInterrupt:
+        # Before the first step or during the save after a second Ctrl-C; saves are atomic.
+        if rank == 0:
+            log.warning("stopped by Ctrl-C outside the training steps: nothing new was saved")
+        return 128 + signal.SIGINT
+    except (ConfigError, CheckpointError, DatasetError, TeacherError, FileNotFoundError) as error:
+        # The user's settings, data or run folder, not a bug: one line saying what, no traceback.
         log.error("%s", error)
         return 1
     print(json.dumps(best))
