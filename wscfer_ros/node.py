@@ -365,6 +365,11 @@ class ExpressionNode(Node):
             "faces tracked": self._pipeline.tracked_faces,
             "provider": classifier.provider,
             "model": str(classifier.model_path),
+            # What this end of each topic has matched: discovery is not symmetric,
+            # and a message published before the subscriber is matched is lost.
+            "input publishers": self._subscription.get_publisher_count() if self._subscription else 0,
+            **{f"subscribers: {name}": publisher.get_subscription_count()
+               for name, publisher in self._outputs.items()},
         }
         status.values = [KeyValue(key=key, value=str(value)) for key, value in values.items()]
         diagnostics = DiagnosticArray(status=[status])
