@@ -189,7 +189,10 @@ def _start(node: CameraPublisher) -> bool:
 
 def main(args=None) -> int:
     # A bad parameter or source (SourceError) ends the process with its reason.
-    return run_node("wscfer_camera", CameraPublisher, _start, args=args,
+    return run_node("wscfer_camera", CameraPublisher, _start, args=args, parameters=PARAMETERS,
+                    summary="Publishes sensor_msgs/Image (bgr8) on 'image' from a webcam, a video, "
+                            "an image, a folder of images or scikit-image's astronaut photo.",
+                    example="wscfer_camera --ros-args -p source:=video.mp4 -p rate:=30.0",
                     done=lambda node: node.finished, fatal_errors=(ValueError,))
 
 

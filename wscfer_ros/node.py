@@ -404,7 +404,11 @@ def _start(node: ExpressionNode) -> bool:
 
 
 def main(args=None) -> int:
-    return run_node("wscfer_node", ExpressionNode, _start, args=args)
+    return run_node("wscfer_node", ExpressionNode, _start, args=args, parameters=PARAMETERS,
+                    summary="Facial expressions of the faces in camera images, on ROS 2 topics: "
+                            "subscribes 'image' (or 'image/compressed'), publishes 'expressions' "
+                            "(JSON), 'expression', 'debug_image' and /diagnostics.",
+                    example="wscfer_node --ros-args -p detector:=full -r image:=/camera/image_raw")
 
 
 if __name__ == "__main__":
