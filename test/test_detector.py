@@ -3,7 +3,8 @@ import cv2
 import numpy as np
 import pytest
 
-from wscfer_ros.detector import FULL_RANGE_HOLD_FRAMES, Detection, FaceDetector, _merge
+from wscfer_ros.detector import (FULL_RANGE_HOLD_FRAMES, START_UP_NOISE, Detection, FaceDetector,
+                                 _merge, _start_up_noise_dropped)
 from wscfer_ros.pipeline import PipelineConfig
 
 
@@ -154,3 +155,21 @@ def test_reset_forgets_the_full_range_hold(media_dir, monkeypatch):
     assert len(detector.detect(load_rgb(media_dir, "obama-720p.jpg"))) == 1
     detector.close()
     assert short_calls == [1]
+
+
+@pytest.mark.parametrize("mode", ["auto", "short", "full"])
+def test_starting_the_models_prints_nothing(capfd, mode):
+    detector = FaceDetector(mode)
+    detector.warm_up()
+    detector.close()
+    assert capfd.readouterr().err == ""
+
+
+def test_only_mediapipes_start_up_noise_is_dropped(capfd):
+    import os
+
+    with _start_up_noise_dropped():
+        for noise in START_UP_NOISE:
+            os.write(2, f"W0000 00:00:17 123 some.cc:85] {noise}: details\n".encode())
+        os.write(2, b"a real error\n")
+    assert capfd.readouterr().err == "a real error\n"

@@ -49,6 +49,10 @@ Eye keypoints: the full-range model's follow a rolled head to within about
 4 degrees; the short-range model's barely do (a 25 degree roll reads as
 about 10), so roll alignment is only as good as the full-range keypoints.
 """
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +77,17 @@ FULL_RANGE_HOLD_FRAMES = 15
 #: A short-range face overlapping a full-range face by more than this IoU is
 #: the same face; the full-range box is kept.
 DUPLICATE_IOU = 0.3
+
+#: What MediaPipe 0.10.21's C++ code writes to stderr while its graphs start
+#: on a CPU-only machine: absl logs everything before absl::InitializeLog(),
+#: which the wheel never calls, so GLOG_minloglevel and TF_CPP_MIN_LOG_LEVEL
+#: have no effect.  These lines are dropped; any other line is passed on.
+START_UP_NOISE = (
+    "All log messages before absl::InitializeLog() is called are written to STDERR",
+    "GPU suport is not available",   # sic; the Tasks API's failed EGL set-up
+    "Created TensorFlow Lite XNNPACK delegate for CPU",
+    "Feedback manager requires a model with a single signature inference",
+)
 
 _SHORT_RANGE_MODEL = (Path(mp.__file__).parent / "modules" / "face_detection"
                       / "face_detection_short_range.tflite")
@@ -113,6 +128,10 @@ class FaceDetector:
         self._short_range = None
         self._full_range = None
         self._full_range_hold = 0    # frames left that skip the short-range model ("auto")
+        with _start_up_noise_dropped():
+            self._create_models(mode, min_confidence)
+
+    def _create_models(self, mode: str, min_confidence: float) -> None:
         if mode in ("auto", "short"):
             if not _SHORT_RANGE_MODEL.is_file():
                 raise FileNotFoundError(
@@ -152,10 +171,11 @@ class FaceDetector:
     def warm_up(self) -> None:
         """Run every loaded model once, so the first real frame is not slow."""
         blank = np.zeros((240, 320, 3), np.uint8)
-        if self._short_range is not None:
-            self._detect_short_range(blank)
-        if self._full_range is not None:
-            self._detect_full_range(blank)
+        with _start_up_noise_dropped():   # each graph logs again when it first runs
+            if self._short_range is not None:
+                self._detect_short_range(blank)
+            if self._full_range is not None:
+                self._detect_full_range(blank)
 
     def close(self) -> None:
         """Release MediaPipe's graphs."""
@@ -207,6 +227,31 @@ class FaceDetector:
         if right <= left or bottom <= top:
             return None
         return Detection((left, top, right - left, bottom - top), float(score), eyes[0], eyes[1])
+
+
+@contextmanager
+def _start_up_noise_dropped():
+    """Run the block with file descriptor 2 captured; pass on what it wrote, less START_UP_NOISE.
+
+    At the descriptor, because the noise comes from C++; whatever else is
+    written meanwhile (by this code or another thread) reaches stderr when
+    the block ends, in its order.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().splitlines(keepends=True)
+                    if not any(noise.encode() in line for noise in START_UP_NOISE)]
+            if kept:
+                os.write(2, b"".join(kept))
 
 
 def _merge(full_range: list[Detection], short_range: list[Detection]) -> list[Detection]:
