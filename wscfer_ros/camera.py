@@ -17,10 +17,9 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-from wscfer_ros.images import fill_image
+from wscfer_ros.images import IMAGE_SUFFIXES, fill_image
 from wscfer_ros.ros_process import run_node
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 RELIABILITY = {"sensor_data": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
 PARAMETERS = {
     "source": ("astronaut", "webcam index (e.g. '0'), video file, image file, folder of "
