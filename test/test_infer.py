@@ -262,3 +262,25 @@ def test_annotate_never_overwrites_the_input(model_path, media_dir, tmp_path):
 def test_the_older_flag_names_still_work():
     args = build_parser().parse_args(["photo.jpg", "--model", "m.onnx", "--min-confidence", "0.7"])
     assert (_config(args).model_path, _config(args).min_detection_confidence) == ("m.onnx", 0.7)
+
+
+def test_a_frame_the_pipeline_fails_on_is_one_line_and_the_run_goes_on(model_path, media_dir, monkeypatch,
+                                                                       capsys):
+    from wscfer_ros.pipeline import Pipeline
+
+    process = Pipeline.process
+    calls = []
+
+    def failing_once(self, image, color):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("injected failure")
+        return process(self, image, color)
+    monkeypatch.setattr(Pipeline, "process", failing_once)
+    assert main([str(media_dir / "woman2.mp4"), "--model-path", model_path, "--max-frames", "3",
+                 "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert [m["frame_index"] for m in read_lines(captured.out)] == [0, 2, 3]
+    lines = error_lines(captured.err)
+    assert lines == ["wscfer-infer: processing woman2.mp4#1 failed: RuntimeError: injected failure",
+                     "wscfer-infer: 3 frame(s), 3 face(s); 1 frame(s) failed"]

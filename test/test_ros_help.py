@@ -33,8 +33,7 @@ def test_help_lists_every_parameter_with_its_default_and_exits_0(tmp_path, modul
 
 
 @pytest.mark.parametrize("value, written", [
-    ("", "''"), ("auto", "auto"), ("0", "'0'"), ("true", "'true'"), (True, "true"), (False, "false"),
-    (0.5, "0.5"), (10, "10"),
+    ("", "''"), ("auto", "auto"), (True, "true"), (False, "false"), (0.5, "0.5"), (0.0, "0.0"), (10, "10"),
 ])
 def test_defaults_are_written_as_a_ros_args_value_reads_back(value, written):
     assert _ros_value(value) == written

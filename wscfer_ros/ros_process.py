@@ -13,7 +13,6 @@ import threading
 from typing import Callable
 
 import rclpy
-import yaml
 from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.logging import get_logger
@@ -81,9 +80,7 @@ def parameter_help(name: str, summary: str, parameters: dict[str, tuple], exampl
 
 
 def _ros_value(value) -> str:
-    """A default as it is written after ``-p name:=`` (YAML): quoted where YAML would read another type."""
+    """A default as it is written after ``-p name:=`` (YAML): true/false, and '' for an empty string."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str) and (not value or yaml.safe_load(value) != value):
-        return repr(value)
-    return str(value)
+    return "''" if value == "" else str(value)
