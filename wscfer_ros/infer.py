@@ -39,7 +39,7 @@ _PROG = "wscfer-infer"
 # Video files a folder may hold (a folder is read for its images only).
 _VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 # Codecs for --annotate videos, preferred first: H.264 plays everywhere, but
-# OpenCV's pip builds have no H.264 encoder; MPEG-4 part 2 they all have.
+# the OpenCV wheel installed here (4.11) has no H.264 encoder; MPEG-4 part 2 it has.
 _VIDEO_CODECS = (("avc1", "H.264"), ("mp4v", "MPEG-4 part 2"))
 
 
