@@ -82,11 +82,20 @@ def run(args, work: Path) -> dict:
     bench = Bench(args, model, work)
     try:
         answers = Answers()
-        bench.ros_node.create_subscription(String, bench.results.topic_name, answers.on_expressions,
-                                           RESULTS_QOS)
+        answers_subscription = bench.ros_node.create_subscription(
+            String, bench.results.topic_name, answers.on_expressions, RESULTS_QOS)
         publisher = bench.ros_node.create_publisher(Image, bench.image_topic, INPUT_QOS)
         bench.wait_for_node()
-        bench.wait_until(lambda: publisher.get_subscription_count() >= 1, "wscfer_node subscribed",
+
+        def connected() -> bool:
+            # Both ends of both topics: discovery is not symmetric, and an answer the
+            # node publishes before its publisher matched our subscription is lost.
+            node_side = bench.observer.diagnostics[-1][1]
+            return (publisher.get_subscription_count() >= 1
+                    and int(node_side.get("input publishers", 0)) >= 1
+                    and answers_subscription.get_publisher_count() >= 1
+                    and int(node_side.get("subscribers: expressions", 0)) >= 2)   # the observer's and ours
+        bench.wait_until(connected, "wscfer_node and this script matched on image and expressions",
                          ANSWER_TIMEOUT_S)
 
         samples = []   # (frames, seconds, resident MB, faces tracked now, highest id, face publishers)

@@ -2,8 +2,8 @@
 
 Data is found through ``WSCFER_DATA`` (default ``../shared/data`` beside the
 repository root); tests that need it skip with the reason when it is absent.
-A ROS test module sets ``ROS_DOMAIN_OFFSET`` (distinct per module) and uses
-``ros_dir``, ``model_file`` and ``client``.
+A ROS test module uses ``ros_dir`` (its own ROS domain and log folder),
+``model_file`` and ``client``.
 """
 import json
 import os
@@ -100,12 +100,12 @@ def tiny_model(tmp_path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ros_dir(tmp_path_factory, request):
+def ros_dir(tmp_path_factory):
     """The module's own ROS domain and log folder (see ros_helpers.isolated_ros)."""
-    from ros_helpers import domain_id, isolated_ros
+    from ros_helpers import isolated_ros
 
     directory = tmp_path_factory.mktemp("ros")
-    with isolated_ros(directory / "log", domain_id(request.module.ROS_DOMAIN_OFFSET)):
+    with isolated_ros(directory / "log"):
         yield directory
 
 

@@ -1,16 +1,20 @@
 """ROS plumbing shared by the ROS tests: an isolated ROS setup, a client node, node processes.
 
-Every test module gets its own ROS domain, discovery limited to this host,
-its own log folder and the shipped Fast DDS profile, so tests never see other
-ROS traffic on the machine.  Waits are "until this holds" with a generous
-limit, never fixed sleeps.
+Every test module gets a ROS domain no other test run on this machine is
+using (reserved with a lock file), discovery limited to this host, its own
+log folder and the shipped Fast DDS profile, so tests never see other ROS
+traffic on the machine.  Waits are "until this holds" with a generous limit,
+never fixed sleeps.
 """
 import array
+import fcntl
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,21 +41,58 @@ RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 TEST_PARAMETERS = ["-p", "qos:=reliable", "-p", "queue_depth:=100", "-p", "diagnostics_period:=0.2"]
 
 
-def domain_id(module_offset: int) -> int:
-    """A ROS domain for one test module: distinct per module, and per run of the tests."""
-    return 1 + (os.getpid() * 7 + module_offset) % 100
+# Domain 0 is every ROS user's default; above 101, Fast DDS's ports reach
+# into Linux's ephemeral port range.
+ROS_DOMAINS = range(1, 102)
+DOMAIN_LOCKS = Path(tempfile.gettempdir()) / "wscfer_ros_domains"
 
 
 @contextmanager
-def isolated_ros(log_dir: Path, domain: int):
-    """Set the ROS environment for this process and its children; restore it afterwards."""
-    settings = {
-        "ROS_DOMAIN_ID": str(domain),
-        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-        "ROS_LOG_DIR": str(log_dir),
-        "FASTDDS_DEFAULT_PROFILES_FILE": str(FASTDDS_PROFILE),
-        "PYTHONUNBUFFERED": "1",
-    }
+def reserved_domain():
+    """A ROS domain that no other user of this context manager on the machine holds.
+
+    Several test runs share this machine (worktrees, CI), and with discovery
+    on localhost two of them in one domain see each other's nodes: a domain
+    derived from the process id collided now and then.  The lock is an flock
+    on a file per domain, so it is released when its process ends, however
+    it ends.
+    """
+    DOMAIN_LOCKS.mkdir(exist_ok=True)
+    # A random start: the modules of one run do not take turns in one domain.
+    start = random.randrange(len(ROS_DOMAINS))
+    for step in range(len(ROS_DOMAINS)):
+        domain = ROS_DOMAINS[(start + step) % len(ROS_DOMAINS)]
+        with open(DOMAIN_LOCKS / f"{domain}.lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            yield domain
+            return
+    raise RuntimeError(f"every ROS domain {ROS_DOMAINS.start}-{ROS_DOMAINS.stop - 1} is held by "
+                       f"another test run (locks in {DOMAIN_LOCKS})")
+
+
+@contextmanager
+def isolated_ros(log_dir: Path):
+    """Set the ROS environment for this process and its children, in a reserved domain; restore it afterwards.
+
+    Yields the domain.
+    """
+    with reserved_domain() as domain:
+        with _environment({
+            "ROS_DOMAIN_ID": str(domain),
+            "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+            "ROS_LOG_DIR": str(log_dir),
+            "FASTDDS_DEFAULT_PROFILES_FILE": str(FASTDDS_PROFILE),
+            "PYTHONUNBUFFERED": "1",
+        }):
+            yield domain
+
+
+@contextmanager
+def _environment(settings: dict[str, str]):
+    """Set ``settings`` in os.environ; restore what was there afterwards."""
     saved = {name: os.environ.get(name) for name in settings}
     os.environ.update(settings)
     try:
@@ -113,24 +154,31 @@ class RosClient:
         received = []
         return self.node.create_subscription(message_type, topic, received.append, qos), received
 
-    def spin_until(self, condition, what: str, timeout: float = REPLY_TIMEOUT_S,
+    def spin_until(self, condition, what, timeout: float = REPLY_TIMEOUT_S,
                    processes: tuple[NodeProcess, ...] = ()) -> None:
-        """Spin until ``condition()`` holds; fail with ``what`` (and the logs) if it does not."""
+        """Spin until ``condition()`` holds; fail with ``what`` (and the logs) if it does not.
+
+        ``what`` is a string, or a function that says it at the moment of failure.
+        """
         deadline = time.monotonic() + timeout
         while not condition():
             for process in processes:
                 if not process.running():
-                    raise AssertionError(f"{what}: node exited with {process.process.returncode}:"
+                    raise AssertionError(f"{_say(what)}: node exited with {process.process.returncode}:"
                                          f"\n{process.output()}")
             if time.monotonic() > deadline:
                 logs = "\n".join(process.output() for process in processes)
-                raise AssertionError(f"{what}: not after {timeout:.0f} s\n{logs}")
+                raise AssertionError(f"{_say(what)}: not after {timeout:.0f} s\n{logs}")
             self.executor.spin_once(timeout_sec=0.05)
 
     def close(self) -> None:
         self.executor.shutdown()
         self.node.destroy_node()
         rclpy.shutdown(context=self.context)
+
+
+def _say(what) -> str:
+    return what() if callable(what) else what
 
 
 def image_message(frame: np.ndarray) -> Image:
@@ -161,14 +209,15 @@ class NodeUnderTest:
         expressions, self.expressions = client.collect(String, f"{namespace}/expressions",
                                                        RELIABLE)
         labels, self.labels = client.collect(String, f"{namespace}/expression", RELIABLE)
-        self._output_subscriptions = [expressions, labels]
+        # The node's outputs we listen to, by the name its diagnostics give them.
+        self._outputs = {"expressions": expressions, "expression": labels}
         self.debug_images = []
         if debug_image:
             debug_images, self.debug_images = client.collect(Image, f"{namespace}/debug_image",
                                                              RELIABLE)
-            self._output_subscriptions.append(debug_images)
+            self._outputs["debug_image"] = debug_images
         diagnostics, self.diagnostics = client.collect(DiagnosticArray, "/diagnostics")
-        self._subscriptions = [*self._output_subscriptions, diagnostics]
+        self._subscriptions = [*self._outputs.values(), diagnostics]
         self.sent = 0
 
     def close(self) -> None:
@@ -177,15 +226,38 @@ class NodeUnderTest:
         for subscription in self._subscriptions:
             self.client.node.destroy_subscription(subscription)
 
-    def wait_until(self, condition, what: str, timeout: float = REPLY_TIMEOUT_S) -> None:
+    def wait_until(self, condition, what, timeout: float = REPLY_TIMEOUT_S) -> None:
         processes = (self.process,) if self.process is not None else ()
         self.client.spin_until(condition, what, timeout, processes=processes)
 
     def wait_until_subscribed(self) -> None:
-        """Wait until the node takes our frames and we hear all it publishes."""
-        self.wait_until(lambda: self.input.get_subscription_count() > 0
-                        and all(s.get_publisher_count() > 0 for s in self._output_subscriptions),
-                        f"{self.fqn} connected to the test", STARTUP_TIMEOUT_S)
+        """Wait until the node takes our frames and we hear all it publishes: both ends of each topic matched.
+
+        Discovery is not symmetric: our subscription can match the node's
+        publisher seconds before that publisher matches our subscription,
+        and what the node publishes in between never reaches us (volatile
+        topics), so a test waiting for the answer to its first frame would
+        time out.  Our ends are asked directly; the node's ends are what its
+        newest diagnostics report (``input publishers``, ``subscribers: ...``).
+        """
+        first = len(self.diagnostics)
+
+        def ends() -> dict[str, bool]:
+            node_side = self.counts(since=first)
+            return {
+                "our image publisher matched": self.input.get_subscription_count() > 0,
+                "the node's subscription matched": int(node_side.get("input publishers", 0)) > 0,
+                **{f"our {name} subscription matched": subscription.get_publisher_count() > 0
+                   for name, subscription in self._outputs.items()},
+                **{f"the node's {name} publisher matched":
+                   int(node_side.get(f"subscribers: {name}", 0)) > 0 for name in self._outputs},
+            }
+
+        def missing() -> str:
+            return ", ".join(end for end, matched in ends().items() if not matched)
+        self.wait_until(lambda: all(ends().values()),
+                        lambda: f"{self.fqn} connected to the test (not yet: {missing()})",
+                        STARTUP_TIMEOUT_S)
 
     def answers(self) -> list[dict]:
         return [json.loads(message.data) for message in self.expressions]
@@ -205,9 +277,12 @@ class NodeUnderTest:
                         f"{self.fqn} answers the frame stamped {stamp}")
         return self.answer_to(stamp)
 
-    def counts(self) -> dict[str, str]:
-        """The newest diagnostics values of this node (empty before the first report)."""
-        for message in reversed(self.diagnostics):
+    def counts(self, since: int = 0) -> dict[str, str]:
+        """The newest diagnostics values of this node (empty before the first report).
+
+        ``since``: only messages from that position of ``diagnostics`` on.
+        """
+        for message in reversed(self.diagnostics[since:]):
             for status in message.status:
                 if status.hardware_id == self.fqn:
                     return {value.key: value.value for value in status.values}

@@ -7,7 +7,7 @@ import pytest
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
-from ros_helpers import STARTUP_TIMEOUT_S, NodeProcess, RosClient, domain_id, isolated_ros
+from ros_helpers import STARTUP_TIMEOUT_S, NodeProcess, RosClient, isolated_ros
 from wscfer_ros.camera import SourceError, open_source, output_size
 from wscfer_ros.images import image_to_array
 
@@ -64,7 +64,7 @@ def test_output_size(width, height, expected):
 
 @pytest.fixture
 def ros_dir(tmp_path):
-    with isolated_ros(tmp_path / "log", domain_id(module_offset=23)):
+    with isolated_ros(tmp_path / "log"):
         yield tmp_path
 
 

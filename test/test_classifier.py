@@ -254,6 +254,48 @@ def test_onnxruntime_without_cuda_support(models, monkeypatch):
     assert "no CUDA support" in cuda.provider_warning
 
 
+def recorded_provider_requests(monkeypatch) -> list:
+    """The providers each InferenceSession the classifier opens is asked for."""
+    requests = []
+    session = classifier_module.ort.InferenceSession
+
+    def recording(*args, providers, **kwargs):
+        requests.append(list(providers))
+        return session(*args, providers=providers, **kwargs)
+    monkeypatch.setattr(classifier_module.ort, "InferenceSession", recording)
+    return requests
+
+
+def test_without_an_nvidia_driver_cuda_is_never_asked_for(models, monkeypatch, capfd):
+    monkeypatch.setattr(classifier_module, "_cuda_device_count", lambda: None)
+    requests = recorded_provider_requests(monkeypatch)
+    auto = Classifier(str(models["gray"]), providers="auto")
+    cuda = Classifier(str(models["gray"]), providers="cuda")
+
+    assert requests == [["CPUExecutionProvider"]] * 2
+    assert auto.provider_note == ("no NVIDIA driver on this machine (libcuda.so.1 not found); "
+                                  "using CPUExecutionProvider")
+    assert auto.provider_warning is None
+    assert cuda.provider_warning == f"CUDA was requested: {auto.provider_note}"
+    assert capfd.readouterr().err == ""
+
+
+def test_a_gpu_without_working_cuda_libraries_falls_back_to_cpu_in_one_sentence(models, monkeypatch,
+                                                                                capfd):
+    """The driver reports a GPU, so ORT is asked for CUDA; its library errors are not shown."""
+    monkeypatch.setattr(classifier_module, "_cuda_device_count", lambda: 1)
+    requests = recorded_provider_requests(monkeypatch)
+    model = Classifier(str(models["gray"]), providers="cuda")
+    if model.provider == "CUDAExecutionProvider":
+        pytest.skip("CUDA really works on this machine")
+
+    assert requests == [["CUDAExecutionProvider", "CPUExecutionProvider"]]
+    assert model.provider == "CPUExecutionProvider"
+    assert model.provider_warning.startswith("CUDA was requested: CUDAExecutionProvider failed to "
+                                             "start on the GPU (this onnxruntime needs the CUDA ")
+    assert capfd.readouterr().err == ""
+
+
 def test_cpu_on_request(models):
     model = Classifier(str(models["gray"]), providers="cpu", threads=1)
     assert model.provider == "CPUExecutionProvider"

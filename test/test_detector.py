@@ -3,7 +3,8 @@ import cv2
 import numpy as np
 import pytest
 
-from wscfer_ros.detector import FULL_RANGE_HOLD_FRAMES, Detection, FaceDetector, _merge
+from wscfer_ros.detector import (FULL_RANGE_HOLD_FRAMES, MAX_DETECTION_SIDE, START_UP_NOISE, Detection,
+                                 FaceDetector, _merge, _start_up_noise_dropped)
 from wscfer_ros.pipeline import PipelineConfig
 
 
@@ -134,7 +135,7 @@ def test_auto_keeps_the_full_range_model_for_a_group_then_tries_short_range_agai
     calls = []
     for name in ("_detect_short_range", "_detect_full_range"):
         method = getattr(detector, name)
-        monkeypatch.setattr(detector, name, lambda image, method=method, name=name: calls.append(name) or method(image))
+        monkeypatch.setattr(detector, name, lambda *args, method=method, name=name: calls.append(name) or method(*args))
     group = load_rgb(media_dir, "group_2008_004176.jpg")
     found = [len(detector.detect(group)) for _ in range(FULL_RANGE_HOLD_FRAMES + 2)]
     detector.close()
@@ -150,7 +151,7 @@ def test_reset_forgets_the_full_range_hold(media_dir, monkeypatch):
     detector.reset()
     short_calls = []
     method = detector._detect_short_range
-    monkeypatch.setattr(detector, "_detect_short_range", lambda image: short_calls.append(1) or method(image))
+    monkeypatch.setattr(detector, "_detect_short_range", lambda *args: short_calls.append(1) or method(*args))
     assert len(detector.detect(load_rgb(media_dir, "obama-720p.jpg"))) == 1
     detector.close()
     assert short_calls == [1]
@@ -193,9 +194,55 @@ def test_a_close_up_the_full_range_model_misses_does_not_hold_the_full_range_mod
     detector = FaceDetector("auto")
     unsure = Detection((10, 10, 200, 200), 0.6, (60.0, 80.0), (150.0, 80.0))
     calls = []
-    monkeypatch.setattr(detector, "_detect_short_range", lambda image: calls.append("short") or [unsure])
-    monkeypatch.setattr(detector, "_detect_full_range", lambda image: calls.append("full") or [])
+    monkeypatch.setattr(detector, "_detect_short_range", lambda *args: calls.append("short") or [unsure])
+    monkeypatch.setattr(detector, "_detect_full_range", lambda *args: calls.append("full") or [])
     frame = np.zeros((240, 320, 3), np.uint8)
     assert [detector.detect(frame) for _ in range(3)] == [[unsure]] * 3
     detector.close()
     assert calls == ["short", "full"] * 3
+
+
+@pytest.mark.parametrize("mode", ["auto", "short", "full"])
+def test_starting_the_models_prints_nothing(capfd, mode):
+    detector = FaceDetector(mode)
+    detector.warm_up()
+    detector.close()
+    assert capfd.readouterr().err == ""
+
+
+def test_only_mediapipes_start_up_noise_is_dropped(capfd):
+    import os
+
+    with _start_up_noise_dropped():
+        for noise in START_UP_NOISE:
+            os.write(2, f"W0000 00:00:17 123 some.cc:85] {noise}: details\n".encode())
+        os.write(2, b"a real error\n")
+    assert capfd.readouterr().err == "a real error\n"
+
+
+def test_a_large_frame_reaches_the_models_downscaled_and_its_boxes_come_back_in_its_pixels(
+        media_dir, monkeypatch):
+    group = load_rgb(media_dir, "group_2008_004176.jpg")
+    scale = 4000 / group.shape[1]
+    large = cv2.resize(group, (4000, round(group.shape[0] * scale)), interpolation=cv2.INTER_CUBIC)
+    detector = FaceDetector("auto")
+    seen = []   # (width, height) of what each model was given
+    short, full = detector._short_range.detect, detector._full_range.process
+    monkeypatch.setattr(detector._short_range, "detect",
+                        lambda image: seen.append((image.width, image.height)) or short(image))
+    monkeypatch.setattr(detector._full_range, "process",
+                        lambda image: seen.append(image.shape[1::-1]) or full(image))
+    original = detector.detect(group)
+    detector.reset()
+    seen.clear()
+    enlarged = detector.detect(large)
+    detector.close()
+
+    assert len(seen) == 2, "auto falls back to the full-range model on this group"
+    assert all(max(size) == MAX_DETECTION_SIDE for size in seen), seen
+    assert_inside_frame(enlarged, large)
+    assert len(enlarged) == len(original) >= 6
+    for face in original:
+        match = min(enlarged, key=lambda f: abs(f.box[0] / scale - face.box[0]) + abs(f.box[1] / scale - face.box[1]))
+        assert np.array(match.box) / scale == pytest.approx(face.box, abs=3)
+        assert np.array(match.right_eye) / scale == pytest.approx(face.right_eye, abs=3)

@@ -23,7 +23,6 @@ from ros_helpers import (RELIABLE, STARTUP_TIMEOUT_S, TEST_PARAMETERS, NodeProce
 from test_ros4hri import HRI_EXPRESSIONS
 from wscfer_ros.ros4hri import face_images
 
-ROS_DOMAIN_OFFSET = 47
 MISSED_FRAMES = 3
 # RIHS01 type hashes of ROS4HRI's definitions (hri_msgs 2.3.2): the distribution's
 # package has the same, so typed consumers built against it match our topics.

@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 
-from ros_helpers import REPO_ROOT, domain_id
+from ros_helpers import REPO_ROOT, reserved_domain
 
 FRAMES = 1500
 WARMUP = 500
@@ -17,11 +17,11 @@ MAX_GROWTH_MB = 30
 
 def test_memory_and_tracks_stay_bounded_over_a_run(media_dir, tmp_path):
     figures_path = tmp_path / "long_run.json"
-    run = subprocess.run(
-        [sys.executable, "benchmarks/long_run.py", "--frames", str(FRAMES), "--warmup", str(WARMUP),
-         "--sample-every", "250", "--domain-id", str(domain_id(module_offset=31)),
-         "--json", str(figures_path)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    with reserved_domain() as domain:
+        run = subprocess.run(
+            [sys.executable, "benchmarks/long_run.py", "--frames", str(FRAMES), "--warmup", str(WARMUP),
+             "--sample-every", "250", "--domain-id", str(domain), "--json", str(figures_path)],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
     figures = json.loads(figures_path.read_text())
 

@@ -26,7 +26,6 @@ from ros_helpers import (REPLY_TIMEOUT_S, REPO_ROOT, STARTUP_TIMEOUT_S, TEST_PAR
 from wscfer_ros.node import NewestFrame
 
 PARAMS_FILE = REPO_ROOT / "config" / "wscfer.yaml"
-ROS_DOMAIN_OFFSET = 11
 BURST_FRAMES = 60
 
 

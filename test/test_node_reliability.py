@@ -32,7 +32,6 @@ from ros_helpers import (STARTUP_TIMEOUT_S, TEST_PARAMETERS, LifecycleManager, N
 from wscfer_ros.images import ENCODINGS, REJECTION_REASONS
 from wscfer_ros.node import ExpressionNode
 
-ROS_DOMAIN_OFFSET = 23
 MALFORMED_PER_INPUT = 2000
 # Malformed messages between two good frames: fewer than the node's queue
 # depth (100), so none is pushed out of its reliable reader's history.

@@ -159,3 +159,29 @@ def test_bad_model_raises_model_error(tmp_path):
 def test_negative_crop_scale_is_rejected(model_path):
     with pytest.raises(ValueError, match="crop_scale"):
         Pipeline(PipelineConfig(model_path=str(model_path), crop_scale=-1.0))
+
+
+@pytest.fixture(scope="module")
+def shipped_pipeline():
+    pipeline = Pipeline(PipelineConfig(providers="cpu"))
+    yield pipeline
+    pipeline.close()
+
+
+@pytest.mark.parametrize("name", ["two_people.jpg", "obama_and_biden.jpg"])
+def test_a_frame_larger_than_the_detector_needs_gives_the_same_faces(shipped_pipeline, media_dir, name):
+    """The photo upscaled to 4000 pixels wide: the same faces and labels, boxes in its own pixels."""
+    photo = cv2.imread(str(media_dir / name))
+    scale = 4000 / photo.shape[1]
+    large = cv2.resize(photo, (4000, round(photo.shape[0] * scale)), interpolation=cv2.INTER_CUBIC)
+    shipped_pipeline.reset()
+    original = shipped_pipeline.process(photo, "bgr").faces
+    shipped_pipeline.reset()
+    enlarged = shipped_pipeline.process(large, "bgr").faces
+
+    assert len(enlarged) == len(original) >= 2
+    assert_valid_faces(enlarged, large)
+    for face in original:
+        match = min(enlarged, key=lambda f: abs(f.box[0] / scale - face.box[0]))
+        assert np.array(match.box) / scale == pytest.approx(face.box, abs=4)
+        assert match.label == face.label

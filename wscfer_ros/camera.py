@@ -17,10 +17,9 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-from wscfer_ros.images import fill_image
+from wscfer_ros.images import IMAGE_SUFFIXES, fill_image
 from wscfer_ros.ros_process import run_node
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 RELIABILITY = {"sensor_data": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
 PARAMETERS = {
     "source": ("astronaut", "webcam index (e.g. '0'), video file, image file, folder of "
@@ -189,7 +188,10 @@ def _start(node: CameraPublisher) -> bool:
 
 def main(args=None) -> int:
     # A bad parameter or source (SourceError) ends the process with its reason.
-    return run_node("wscfer_camera", CameraPublisher, _start, args=args,
+    return run_node("wscfer_camera", CameraPublisher, _start, args=args, parameters=PARAMETERS,
+                    summary="Publishes sensor_msgs/Image (bgr8) on 'image' from a webcam, a video, "
+                            "an image, a folder of images or scikit-image's astronaut photo.",
+                    example="wscfer_camera --ros-args -p source:=video.mp4 -p rate:=30.0",
                     done=lambda node: node.finished, fatal_errors=(ValueError,))
 
 

@@ -7,6 +7,7 @@ contract): input float32 NCHW, output 0 the logits ``[N, C]``, and
 wrong file fails at start with a message naming the file, never at the first
 face.
 """
+import ctypes
 import importlib.resources
 import json
 from pathlib import Path
@@ -78,9 +79,11 @@ class Classifier:
         if threads:
             options.intra_op_num_threads = threads
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if busy_wait else "0")
-        self._session = self._open_session(options, providers)
+        cuda_unusable = None if providers == "cpu" else _why_cuda_cannot_run()
+        self._session = self._open_session(options, try_cuda=providers != "cpu" and cuda_unusable is None)
         self.provider = self._session.get_providers()[0]
-        self.provider_note, self.provider_warning = _describe_provider(providers, self.provider)
+        self.provider_note, self.provider_warning = _describe_provider(providers, self.provider,
+                                                                       cuda_unusable)
 
         self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
         self._read_metadata()
@@ -116,10 +119,10 @@ class Classifier:
         shape = (1, height, width) if self.color == "gray" else (1, height, width, 3)
         self.predict(np.zeros(shape, np.uint8))
 
-    def _open_session(self, options: ort.SessionOptions, providers: str) -> ort.InferenceSession:
-        try_cuda = providers != "cpu" and _CUDA in ort.get_available_providers()
-        # When CUDA cannot start, ORT's global logger prints several lines of
-        # library errors; the provider note says the same in one sentence.
+    def _open_session(self, options: ort.SessionOptions, try_cuda: bool) -> ort.InferenceSession:
+        # When CUDA cannot start (a GPU without the CUDA/cuDNN libraries this
+        # onnxruntime was built for), ORT's global logger prints several lines
+        # of library errors; the provider note says the same in one sentence.
         if try_cuda:
             ort.set_default_logger_severity(_ORT_LOG_FATAL)
         try:
@@ -237,18 +240,54 @@ class Classifier:
         return crops
 
 
-def _describe_provider(requested: str, used: str) -> tuple[str, str | None]:
+def _why_cuda_cannot_run() -> str | None:
+    """Why the CUDA provider cannot run on this machine; None when it may.
+
+    onnxruntime-gpu lists CUDAExecutionProvider as available everywhere, and
+    asking it for CUDA without a GPU only costs a failed library load and
+    ORT's error messages; the NVIDIA driver says in microseconds whether
+    there is a GPU.
+    """
+    if _CUDA not in ort.get_available_providers():
+        return "this onnxruntime build has no CUDA support"
+    gpus = _cuda_device_count()
+    if gpus is None:
+        return "no NVIDIA driver on this machine (libcuda.so.1 not found)"
+    if gpus == 0:
+        return "the NVIDIA driver reports no usable GPU"
+    return None
+
+
+def _cuda_device_count() -> int | None:
+    """GPUs the NVIDIA driver reports (0 if it fails to start), or None without a driver."""
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    count = ctypes.c_int(0)
+    if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
+
+
+def _describe_provider(requested: str, used: str, cuda_unusable: str | None) -> tuple[str, str | None]:
     """The provider note and, when CUDA was asked for and not obtained, the warning."""
     if used == _CUDA:
         return f"using {_CUDA}", None
     if requested == "cpu":
         return f"using {_CPU} as requested", None
-    if _CUDA in ort.get_available_providers():
-        reason = "CUDAExecutionProvider failed to start (no usable GPU, or CUDA/cuDNN libraries missing)"
-    else:
-        reason = "this onnxruntime build has no CUDA support"
+    reason = cuda_unusable or (f"CUDAExecutionProvider failed to start on the GPU (this onnxruntime "
+                               f"needs the CUDA {_ort_cuda_version()} and cuDNN libraries)")
     note = f"{reason}; using {used}"
     return note, (f"CUDA was requested: {note}" if requested == "cuda" else None)
+
+
+def _ort_cuda_version() -> str:
+    try:
+        from onnxruntime.capi import build_and_package_info
+    except ImportError:
+        return "?"
+    return str(getattr(build_and_package_info, "cuda_version", "?"))
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

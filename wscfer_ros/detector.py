@@ -52,14 +52,17 @@ Eye keypoints: the full-range model's follow a rolled head to within about
 4 degrees; the short-range model's barely do (a 25 degree roll reads as
 about 10), so roll alignment is only as good as the full-range keypoints.
 """
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import mediapipe as mp
 import numpy as np
 from mediapipe.tasks.python import BaseOptions
 from mediapipe.tasks.python import vision
 
+from .quiet import captured_stderr, pass_on
 from .tracking import iou_matrix
 
 DETECTOR_MODES = ("auto", "short", "full")
@@ -76,6 +79,24 @@ FULL_RANGE_HOLD_FRAMES = 15
 #: A short-range face overlapping a full-range face by more than this IoU is
 #: the same face; the full-range box is kept.
 DUPLICATE_IOU = 0.3
+
+#: The longer side, in pixels, of what the models are given: a larger frame
+#: is downscaled first and the boxes and eyes are mapped back to it.  The
+#: models' own inputs are 128 and 192 pixels, so nothing they could see is
+#: lost, and MediaPipe's copies of the frame stay small whatever its size
+#: (a 30000x30000 frame crashed it).
+MAX_DETECTION_SIDE = 1920
+
+#: What MediaPipe 0.10.21's C++ code writes to stderr while its graphs start
+#: on a CPU-only machine: absl logs everything before absl::InitializeLog(),
+#: which the wheel never calls, so GLOG_minloglevel and TF_CPP_MIN_LOG_LEVEL
+#: have no effect.  These lines are dropped; any other line is passed on.
+START_UP_NOISE = (
+    "All log messages before absl::InitializeLog() is called are written to STDERR",
+    "GPU suport is not available",   # sic; the Tasks API's failed EGL set-up
+    "Created TensorFlow Lite XNNPACK delegate for CPU",
+    "Feedback manager requires a model with a single signature inference",
+)
 
 _SHORT_RANGE_MODEL = (Path(mp.__file__).parent / "modules" / "face_detection"
                       / "face_detection_short_range.tflite")
@@ -127,7 +148,8 @@ class FaceDetector:
         self.min_face_size = min_face_size
         if min_confidence != self.min_confidence:
             self.close()
-            self._open_models(min_confidence)
+            with _start_up_noise_dropped():
+                self._open_models(min_confidence)
         self.min_confidence = min_confidence
 
     def _open_models(self, min_confidence: float) -> None:
@@ -150,14 +172,18 @@ class FaceDetector:
 
         In ``"auto"`` mode a frame that falls back to the full-range model
         sends the next ``FULL_RANGE_HOLD_FRAMES`` frames straight to it.
+        Boxes and eyes are in the pixels of ``image_rgb``, also when it was
+        larger than ``MAX_DETECTION_SIDE`` and the models saw it downscaled.
         """
+        frame_size = image_rgb.shape[1], image_rgb.shape[0]
+        image_rgb = _fit_for_detection(image_rgb)
         if self.mode == "full" or self._full_range_hold > 0:
             self._full_range_hold = max(0, self._full_range_hold - 1)
-            faces = self._detect_full_range(image_rgb)
+            faces = self._detect_full_range(image_rgb, frame_size)
         else:
-            faces = self._detect_short_range(image_rgb)
+            faces = self._detect_short_range(image_rgb, frame_size)
             if self.mode == "auto" and (not faces or min(f.score for f in faces) < SHORT_RANGE_TRUST):
-                full_range = self._detect_full_range(image_rgb)
+                full_range = self._detect_full_range(image_rgb, frame_size)
                 if full_range:
                     faces = _merge(full_range, [f for f in faces if f.score >= SHORT_RANGE_TRUST])
                     self._full_range_hold = FULL_RANGE_HOLD_FRAMES
@@ -173,10 +199,11 @@ class FaceDetector:
     def warm_up(self) -> None:
         """Run every loaded model once, so the first real frame is not slow."""
         blank = np.zeros((240, 320, 3), np.uint8)
-        if self._short_range is not None:
-            self._detect_short_range(blank)
-        if self._full_range is not None:
-            self._detect_full_range(blank)
+        with _start_up_noise_dropped():   # each graph logs again when it first runs
+            if self._short_range is not None:
+                self._detect_short_range(blank, (320, 240))
+            if self._full_range is not None:
+                self._detect_full_range(blank, (320, 240))
 
     def close(self) -> None:
         """Release MediaPipe's graphs."""
@@ -187,22 +214,26 @@ class FaceDetector:
             self._full_range.close()
             self._full_range = None
 
-    def _detect_short_range(self, image_rgb: np.ndarray) -> list[Detection]:
-        height, width = image_rgb.shape[:2]
+    def _detect_short_range(self, image_rgb: np.ndarray, frame_size: tuple[int, int]) -> list[Detection]:
+        """Faces in ``image_rgb`` in the pixels of a frame of ``frame_size`` (width, height)."""
+        width, height = frame_size
+        scale_x, scale_y = width / image_rgb.shape[1], height / image_rgb.shape[0]
         result = self._short_range.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=image_rgb))
         faces = []
         for found in result.detections:
-            box = found.bounding_box
+            box = found.bounding_box   # pixels of image_rgb; the eyes are relative
             eyes = found.keypoints[:2]
             face = self._make_detection(
-                box.origin_x, box.origin_y, box.width, box.height, found.categories[0].score,
-                [(point.x * width, point.y * height) for point in eyes], width, height)
+                box.origin_x * scale_x, box.origin_y * scale_y, box.width * scale_x, box.height * scale_y,
+                found.categories[0].score, [(point.x * width, point.y * height) for point in eyes],
+                width, height)
             if face is not None:
                 faces.append(face)
         return faces
 
-    def _detect_full_range(self, image_rgb: np.ndarray) -> list[Detection]:
-        height, width = image_rgb.shape[:2]
+    def _detect_full_range(self, image_rgb: np.ndarray, frame_size: tuple[int, int]) -> list[Detection]:
+        """Faces in ``image_rgb`` in the pixels of a frame of ``frame_size`` (width, height)."""
+        width, height = frame_size
         result = self._full_range.process(image_rgb)
         faces = []
         for found in result.detections or []:
@@ -232,6 +263,31 @@ class FaceDetector:
         if right <= left or bottom <= top:
             return None
         return Detection((left, top, right - left, bottom - top), float(score), eyes[0], eyes[1])
+
+
+@contextmanager
+def _start_up_noise_dropped():
+    """Run the block; pass on what it wrote to stderr, less START_UP_NOISE (also if it raises).
+
+    Whatever else is written meanwhile (by this code or another thread)
+    reaches stderr when the block ends, in its order.
+    """
+    lines = []
+    try:
+        with captured_stderr() as lines:
+            yield
+    finally:
+        pass_on([line for line in lines if not any(noise.encode() in line for noise in START_UP_NOISE)])
+
+
+def _fit_for_detection(image_rgb: np.ndarray) -> np.ndarray:
+    """The frame, downscaled (area interpolation) if its longer side exceeds MAX_DETECTION_SIDE."""
+    height, width = image_rgb.shape[:2]
+    scale = MAX_DETECTION_SIDE / max(height, width)
+    if scale >= 1.0:
+        return image_rgb
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(image_rgb, size, interpolation=cv2.INTER_AREA)
 
 
 def _merge(full_range: list[Detection], short_range: list[Detection]) -> list[Detection]:

@@ -19,6 +19,8 @@ ENCODINGS = {
     "rgba8": (4, "rgba"),
 }
 COMPRESSED_FORMATS = ("jpeg", "jpg", "png")
+# Image files the executables read (by suffix; what OpenCV decodes).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 _TO_BGR = {
     "rgb": cv2.COLOR_RGB2BGR,
     "gray": cv2.COLOR_GRAY2BGR,
@@ -96,22 +98,31 @@ def compressed_to_array(msg) -> tuple[np.ndarray, str]:
     encoded = np.frombuffer(memoryview(msg.data), np.uint8)
     if encoded.size == 0:
         raise ImageError(f"empty compressed image (format {msg.format!r})", "empty")
+    # ANYCOLOR keeps gray images gray and drops alpha; without ANYDEPTH
+    # 16-bit png is scaled to 8 bits, the pipeline's input depth.
+    image = decode(encoded, cv2.IMREAD_ANYCOLOR, msg.format or "an image")
+    return image, "gray" if image.ndim == 2 else "bgr"
+
+
+def decode(encoded: np.ndarray, flags: int, what: str) -> np.ndarray:
+    """cv2.imdecode of ``encoded`` after :func:`encoded_image_problem`; ImageError says why it failed.
+
+    ``what`` names the data in the message (a format, or a file).
+    """
     problem = encoded_image_problem(encoded)
     if problem:
         reason, text = problem
-        raise ImageError(f"cannot decode {encoded.size} bytes as {msg.format or 'an image'}: {text}",
-                         reason)
+        raise ImageError(f"cannot decode {encoded.size} bytes as {what}: {text}", reason)
     try:
-        # ANYCOLOR keeps gray images gray and drops alpha; without ANYDEPTH
-        # 16-bit png is scaled to 8 bits, the pipeline's input depth.
-        image = cv2.imdecode(encoded, cv2.IMREAD_ANYCOLOR)
-    except cv2.error as error:
-        raise ImageError(f"cannot decode {encoded.size} bytes as {msg.format or 'an image'}: "
-                         f"{error}", "undecodable") from None
+        image = cv2.imdecode(encoded, flags)
+    except cv2.error as error:   # e.g. more pixels than OpenCV accepts, in a format not checked above
+        message = str(error).strip().splitlines()[-1]
+        raise ImageError(f"cannot decode {encoded.size} bytes as {what}: {message}",
+                         "undecodable") from None
     if image is None or image.size == 0:
-        raise ImageError(f"cannot decode {encoded.size} bytes as {msg.format or 'an image'}: "
-                         "not a valid jpeg or png", "undecodable")
-    return image, "gray" if image.ndim == 2 else "bgr"
+        raise ImageError(f"cannot decode {encoded.size} bytes as {what}: not a valid image",
+                         "undecodable")
+    return image
 
 
 def encoded_image_problem(encoded: np.ndarray) -> tuple[str, str] | None:

@@ -8,6 +8,12 @@ faces drawn: an image, a folder of images or an mp4 video, following the input.
 
     wscfer-infer photo.jpg
     wscfer-infer clip.mp4 --output clip.jsonl --annotate clip_faces.mp4
+
+Bad input never stops it: an image file that cannot be decoded, or whose
+header announces more pixels than the node accepts (the node's own check,
+``images.decode``), is skipped with one line naming it and why, the rest is
+processed, and the summary counts what was skipped.  The exit status is 0
+when at least one frame was processed, 1 when none was, 2 for a bad setting.
 """
 import argparse
 import contextlib
@@ -15,6 +21,7 @@ import dataclasses
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
@@ -23,11 +30,21 @@ import numpy as np
 from tqdm import tqdm
 
 from .classifier import ModelError
+from .images import IMAGE_SUFFIXES, ImageError, decode
 from .output import draw_faces, frame_message
 from .pipeline import Pipeline, PipelineConfig
+from .quiet import captured_stderr, pass_on
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 _PROG = "wscfer-infer"
+# Video files a folder may hold (a folder is read for its images only).
+_VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
+# Codecs for --annotate videos, preferred first: H.264 plays everywhere, but
+# the OpenCV wheel installed here (4.11) has no H.264 encoder; MPEG-4 part 2 it has.
+_VIDEO_CODECS = (("avc1", "H.264"), ("mp4v", "MPEG-4 part 2"))
+
+
+class InputError(Exception):
+    """The input cannot be read at all; the message says why in one line."""
 
 
 @dataclasses.dataclass
@@ -44,7 +61,7 @@ class _Source:
     def __init__(self, spec: str):
         path = Path(spec)
         self.path = path
-        self.unreadable = 0
+        self.skipped = Counter()   # reason -> image files skipped
         self.is_webcam = self.is_folder = False
         self.name = path.name
         self.total: int | None = None
@@ -52,22 +69,27 @@ class _Source:
         self._capture = None
         if spec.isdigit() and not path.exists():
             self.is_webcam, self.name = True, f"camera{spec}"
-            self._capture = cv2.VideoCapture(int(spec))
-            if not self._capture.isOpened():
-                raise FileNotFoundError(f"cannot open webcam {spec}")
+            self._capture = _open_capture(int(spec), f"cannot open webcam {spec}")
         elif path.is_dir():
             self.is_folder = True
             self._images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not self._images:
+                videos = sorted(p.name for p in path.iterdir() if p.suffix.lower() in _VIDEO_SUFFIXES)
+                raise InputError(f"no images were found in {path} (a folder is read for its images; "
+                                 f"give each video as the input: {', '.join(videos)})" if videos else
+                                 f"no images or videos were found in {path}")
             self.total = len(self._images)
         elif not path.is_file():
-            raise FileNotFoundError(f"no such file, folder or webcam: {spec}")
+            raise InputError(f"no such file, folder or webcam: {spec}")
         elif path.suffix.lower() in IMAGE_SUFFIXES:
             self._images = [path]
             self.total = 1
+        elif path.stat().st_size == 0:
+            raise InputError(f"{spec}: the file is empty")
         else:
-            self._capture = cv2.VideoCapture(str(path))
-            if not self._capture.isOpened():
-                raise FileNotFoundError(f"cannot open video {spec}")
+            self._capture = _open_capture(
+                str(path), f"cannot read {spec}: not a video OpenCV can open, and not an image "
+                           f"({', '.join(sorted(IMAGE_SUFFIXES))})")
             self.total = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
         # A video or webcam is one sequence: ids and smoothing carry across its frames.
         self.is_stream = self._capture is not None
@@ -88,10 +110,11 @@ class _Source:
 
     def _image_frames(self) -> Iterator[_Frame]:
         for path in self._images:
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is None:
-                self.unreadable += 1
-                tqdm.write(f"{_PROG}: warning: cannot read image {path}, skipped", file=sys.stderr)
+            try:
+                image = _read_image(path)
+            except ImageError as error:
+                self.skipped[error.reason] += 1
+                tqdm.write(f"{_PROG}: skipped {path}: {error}", file=sys.stderr)
                 continue
             yield _Frame(image, path.name, None, 0)
 
@@ -109,6 +132,27 @@ class _Source:
             index += 1
 
 
+def _open_capture(source, failure: str) -> cv2.VideoCapture:
+    """An opened cv2.VideoCapture; InputError(``failure``) instead of OpenCV's and FFmpeg's messages."""
+    with captured_stderr() as chatter:
+        capture = cv2.VideoCapture(source)
+    if not capture.isOpened():
+        raise InputError(failure)
+    pass_on(chatter)
+    return capture
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """The BGR picture in an image file; ImageError (with a reason) when it cannot or must not be decoded."""
+    try:
+        encoded = np.fromfile(path, np.uint8)
+    except OSError as error:
+        raise ImageError(f"cannot read the file ({error.strerror})", "unreadable") from None
+    if encoded.size == 0:
+        raise ImageError("the file is empty", "empty")
+    return decode(encoded, cv2.IMREAD_COLOR, "an image")
+
+
 class _Annotator:
     """Writes annotated frames: one image, a folder of images, or an mp4 video."""
 
@@ -118,15 +162,23 @@ class _Annotator:
         self.target = target
         self._source = source
         self._writer = None
+        self.codec = None   # of a video: what the user is told
         if source.is_folder:
             target.mkdir(parents=True, exist_ok=True)
             return
         target.parent.mkdir(parents=True, exist_ok=True)
         if source.is_stream:
             fps = source.fps if source.fps > 0 else 30.0
-            self._writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps,
-                                           source.frame_size)
-            if not self._writer.isOpened():
+            for fourcc, codec in _VIDEO_CODECS:
+                # A codec this OpenCV build cannot encode only fails to open, with
+                # several lines from OpenCV and FFmpeg that the note below replaces.
+                with captured_stderr():
+                    self._writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*fourcc), fps,
+                                                   source.frame_size)
+                if self._writer.isOpened():
+                    self.codec = f"{codec} ({fourcc})"
+                    break
+            else:
                 raise ValueError(f"cannot write a video to {target}")
         elif not cv2.haveImageWriter(str(target)):
             raise ValueError(f"cannot write an image to {target} (unknown image format)")
@@ -160,14 +212,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stop after N frames or images (0 = all)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
-    pipeline = parser.add_argument_group("pipeline (the settings of the node's parameters)")
+    pipeline = parser.add_argument_group(
+        "pipeline (the node's parameters: --NAME-WITH-DASHES for NAME_WITH_UNDERSCORES; "
+        "--model and --min-confidence, the older names, still work)")
     for setting in dataclasses.fields(PipelineConfig):
-        flag = setting.metadata.get("flag", "--" + setting.name.replace("_", "-"))
+        flags = ["--" + setting.name.replace("_", "-"), *setting.metadata.get("aliases", ())]
         description = setting.metadata["description"]
         if isinstance(setting.default, bool):
-            pipeline.add_argument(flag, dest=setting.name, action="store_true", help=description)
+            pipeline.add_argument(*flags, dest=setting.name, action="store_true", help=description)
         else:
-            pipeline.add_argument(flag, dest=setting.name, type=type(setting.default), default=setting.default,
+            pipeline.add_argument(*flags, dest=setting.name, type=type(setting.default), default=setting.default,
                                   choices=setting.metadata.get("choices"),
                                   metavar=None if "choices" in setting.metadata else _METAVARS[type(setting.default)],
                                   help=f"{description} (default: %(default)r)")
@@ -179,26 +233,33 @@ def _config(args: argparse.Namespace) -> PipelineConfig:
                              for setting in dataclasses.fields(PipelineConfig)})
 
 
+def _error(message: str, status: int) -> int:
+    print(f"{_PROG}: error: {message}", file=sys.stderr)
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run the pipeline over the input; the exit status (see the module docstring).
+
+    Only a malformed command line (an unknown flag, a missing input
+    argument) gets argparse's usage text; every other problem is one line.
+    """
+    args = build_parser().parse_args(argv)
     if args.max_frames < 0:
-        parser.error("--max-frames must be >= 0")
+        return _error(f"--max-frames must be >= 0, got {args.max_frames}", 2)
     try:
-        config = _config(args)
         source = _Source(args.input)
-    except (FileNotFoundError, ValueError) as error:
-        parser.error(str(error))
+    except InputError as error:
+        return _error(str(error), 1)
 
     with contextlib.ExitStack() as stack:
         stack.callback(source.close)
         try:
-            pipeline = Pipeline(config)
+            pipeline = Pipeline(_config(args))
         except ModelError as error:
-            print(f"{_PROG}: error: {error}", file=sys.stderr)
-            return 1
+            return _error(str(error), 1)
         except ValueError as error:
-            parser.error(str(error))
+            return _error(str(error), 2)
         stack.callback(pipeline.close)
         classifier = pipeline.classifier
         print(f"{_PROG}: model {classifier.model_path}, {classifier.provider_note}", file=sys.stderr)
@@ -208,10 +269,18 @@ def main(argv: list[str] | None = None) -> int:
         try:
             annotator = _Annotator(args.annotate, source) if args.annotate else None
         except ValueError as error:
-            parser.error(str(error))
+            return _error(str(error), 2)
         if annotator is not None:
             stack.callback(annotator.close)
-        output = stack.enter_context(open(args.output, "w")) if args.output else sys.stdout
+            if annotator.codec:
+                missing = "" if annotator.codec.startswith("H.264") else \
+                    "; this OpenCV build cannot encode H.264"
+                print(f"{_PROG}: annotated video {args.annotate}: {annotator.codec}{missing}",
+                      file=sys.stderr)
+        try:
+            output = stack.enter_context(open(args.output, "w")) if args.output else sys.stdout
+        except OSError as error:
+            return _error(f"cannot write {args.output}: {error.strerror}", 1)
 
         total = source.total
         if args.max_frames and total is not None:
@@ -219,16 +288,22 @@ def main(argv: list[str] | None = None) -> int:
         progress = stack.enter_context(tqdm(
             total=total, unit="frame" if source.is_stream else "image", file=sys.stderr,
             disable=args.no_progress or source.is_webcam))
-        processed = faces = 0
+        processed = faces = failed = 0
         try:
             for frame in source.frames():
+                frame_id = frame.name if frame.index is None else f"{frame.name}#{frame.index}"
                 if not source.is_stream:
                     pipeline.reset()  # unrelated photos: no ids or smoothing across them
                 started = time.perf_counter()
-                result = pipeline.process(frame.image, "bgr")
+                try:
+                    result = pipeline.process(frame.image, "bgr")
+                except Exception as error:   # a library failing on one frame must not end the run
+                    failed += 1
+                    tqdm.write(f"{_PROG}: processing {frame_id} failed: {type(error).__name__}: {error}",
+                               file=sys.stderr)
+                    continue
                 latency_ms = (time.perf_counter() - started) * 1000.0
                 height, width = frame.image.shape[:2]
-                frame_id = frame.name if frame.index is None else f"{frame.name}#{frame.index}"
                 message = frame_message(result, stamp_sec=frame.stamp_ns // 1_000_000_000,
                                         stamp_nanosec=frame.stamp_ns % 1_000_000_000,
                                         frame_id=frame_id, width=width, height=height,
@@ -248,12 +323,22 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             pass
 
-    skipped = f", {source.unreadable} unreadable file(s) skipped" if source.unreadable else ""
-    print(f"{_PROG}: {processed} frame(s), {faces} face(s){skipped}", file=sys.stderr)
+    print(f"{_PROG}: {processed} frame(s), {faces} face(s){_summary(source.skipped, failed)}",
+          file=sys.stderr)
     if processed == 0:
-        print(f"{_PROG}: error: no frame could be read from {args.input}", file=sys.stderr)
-        return 1
+        return _error(f"no frame of {args.input} could be processed", 1)
     return 0
+
+
+def _summary(skipped: Counter, failed: int) -> str:
+    """What was left out, for the last line: '; 2 file(s) skipped (1 too large, 1 undecodable)'."""
+    parts = []
+    if skipped:
+        reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(skipped.items()))
+        parts.append(f"{sum(skipped.values())} file(s) skipped ({reasons})")
+    if failed:
+        parts.append(f"{failed} frame(s) failed")
+    return "".join(f"; {part}" for part in parts)
 
 
 if __name__ == "__main__":

@@ -493,6 +493,11 @@ class ExpressionNode(Node):
             **self._ros4hri_values(),
             "provider": classifier.provider,
             "model": str(classifier.model_path),
+            # What this end of each topic has matched: discovery is not symmetric,
+            # and a message published before the subscriber is matched is lost.
+            "input publishers": self._subscription.get_publisher_count() if self._subscription else 0,
+            **{f"subscribers: {name}": publisher.get_subscription_count()
+               for name, publisher in self._outputs.items()},
         }
         status.values = [KeyValue(key=key, value=str(value)) for key, value in values.items()]
         diagnostics = DiagnosticArray(status=[status])
@@ -540,7 +545,11 @@ def _start(node: ExpressionNode) -> bool:
 
 
 def main(args=None) -> int:
-    return run_node("wscfer_node", ExpressionNode, _start, args=args)
+    return run_node("wscfer_node", ExpressionNode, _start, args=args, parameters=PARAMETERS,
+                    summary="Facial expressions of the faces in camera images, on ROS 2 topics: "
+                            "subscribes 'image' (or 'image/compressed'), publishes 'expressions' "
+                            "(JSON), 'expression', 'debug_image' and /diagnostics.",
+                    example="wscfer_node --ros-args -p detector:=full -r image:=/camera/image_raw")
 
 
 if __name__ == "__main__":

@@ -26,8 +26,9 @@ _TO_RGB = {"gray": cv2.COLOR_GRAY2RGB, "bgr": cv2.COLOR_BGR2RGB,
 
 def _setting(default, description: str, **cli):
     """A PipelineConfig field: its default and the one description that the node's
-    parameter descriptor and wscfer-infer's flag help both show.  ``cli`` may
-    name the flag (``flag``) and its ``choices``."""
+    parameter descriptor and wscfer-infer's flag help both show.  The flag is
+    the field's name (``--min-detection-confidence``); ``cli`` may add
+    ``aliases`` (older flag names that still work) and ``choices``."""
     return field(default=default, metadata={"description": description, **cli})
 
 
@@ -36,7 +37,7 @@ class PipelineConfig:
     """Every setting of the pipeline; the node's parameters and wscfer-infer's flags are made from these fields."""
 
     model_path: str = _setting("", "ONNX model file; empty: the shipped default model; a bare file name: "
-                                   "a model shipped in wscfer_ros/models/", flag="--model")
+                                   "a model shipped in wscfer_ros/models/", aliases=("--model",))
     providers: str = _setting("auto", "ONNX Runtime execution provider: 'auto' (CUDA when it really works, "
                                       "else CPU), 'cpu' or 'cuda'", choices=PROVIDER_CHOICES)
     threads: int = _setting(0, "ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose")
@@ -45,7 +46,8 @@ class PipelineConfig:
     detector: str = _setting("auto", "MediaPipe face detector: 'short' (faces within about 2 m), 'full' "
                                      "(groups and distant faces) or 'auto' (see detector.py)",
                              choices=DETECTOR_MODES)
-    min_detection_confidence: float = _setting(0.5, "minimum face detection score, 0..1", flag="--min-confidence")
+    min_detection_confidence: float = _setting(0.5, "minimum face detection score, 0..1",
+                                              aliases=("--min-confidence",))
     max_faces: int = _setting(10, "at most this many faces per frame, the most confident first")
     min_face_size: int = _setting(16, "ignore faces narrower than this many pixels")
     crop_scale: float = _setting(0.0, "enlargement of the detected box before the square crop; 0 uses the "
