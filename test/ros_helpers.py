@@ -313,13 +313,32 @@ class NodeUnderTest:
 class LifecycleManager:
     """What a lifecycle manager does to one node: ask for transitions, read its state."""
 
+    # A label no lifecycle node knows: rclpy answers success=False and changes nothing.
+    PROBE = ChangeState.Request(transition=Transition(label="wscfer_test_probe"))
+    PROBE_ANSWER_S = 2.0
+
     def __init__(self, client: RosClient, process: NodeProcess, fqn: str):
         self.client, self.process, self.fqn = client, process, fqn
         self._change = client.node.create_client(ChangeState, f"{fqn}/change_state")
         self._get = client.node.create_client(GetState, f"{fqn}/get_state")
-        for service in (self._change, self._get):
+        # service_is_ready() says our requests reach the node; the node's answers
+        # reach us only once its reply writer has matched our reply reader, and
+        # Fast DDS drops an answer sent before that ("failed to send response").
+        # Harmless requests, repeated until one is answered, prove both directions.
+        for service, probe in ((self._change, self.PROBE), (self._get, GetState.Request())):
             client.spin_until(service.service_is_ready, f"{service.srv_name} is available",
                               STARTUP_TIMEOUT_S, processes=(process,))
+            client.spin_until(lambda: self._answered(service, probe), f"{service.srv_name} answers",
+                              STARTUP_TIMEOUT_S, processes=(process,))
+
+    def _answered(self, service, request) -> bool:
+        future = service.call_async(request)
+        deadline = time.monotonic() + self.PROBE_ANSWER_S
+        while not future.done() and time.monotonic() < deadline:
+            self.client.executor.spin_once(timeout_sec=0.05)
+        if not future.done():
+            service.remove_pending_request(future)
+        return future.done()
 
     def _call(self, service, request, what: str):
         future = service.call_async(request)

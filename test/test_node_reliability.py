@@ -40,6 +40,7 @@ UNSUPPORTED_ENCODINGS = ("yuv422", "mono16", "16UC1", "32FC1", "bayer_rggb8", ""
 UNSUPPORTED_FORMATS = ("tiff", "bmp", "webp", "theora", "h264")
 MAX_DATA_BYTES = 1 << 16
 LIFECYCLE_CYCLES = 100
+LEAK_TOLERANCE = 2   # threads or descriptors over LIFECYCLE_CYCLES cycles
 
 
 @pytest.fixture(scope="module")
@@ -369,7 +370,9 @@ def test_deactivate_activate_cycles_leak_nothing(start_node, connect, client, fr
     finally:
         manager.close()
         assert process.stop() == 0
-    # Measured here: +0.1 to +0.6 MB over the 100 cycles, threads and descriptors unchanged.
-    assert after["threads"] == before["threads"], (before, after)
-    assert after["fds"] == before["fds"], (before, after)
+    # Measured here: +0.1 to +0.6 MB over the 100 cycles, threads and descriptors unchanged
+    # or one more: Fast DDS opens a shared-memory port of its own now and then.  A leak on
+    # the cycle path grows by one for every cycle.
+    assert after["threads"] - before["threads"] <= LEAK_TOLERANCE, (before, after)
+    assert after["fds"] - before["fds"] <= LEAK_TOLERANCE, (before, after)
     assert after["rss_kb"] - before["rss_kb"] <= 5 * 1024, (before, after)
