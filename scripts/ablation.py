@@ -100,9 +100,16 @@ def main(argv=None) -> int:
              "muxspace: the best epoch's network on its faces as crops (noisy rows).", "",
              "| run | val accuracy (%) | mean per-class recall (%) | muxspace accuracy (%) | muxspace recall (%) |",
              "|---|---|---|---|---|"]
+    def run_dir(aux: str, noise: float, seed: int) -> Path:
+        return args.out / args.schedule / f"{aux}-noise{noise:g}-seed{seed}"
+
+    # Seed by seed, so that an interrupted table already has every row once.
+    for seed in range(args.seeds):
+        for _, aux, noise in rows:
+            run_one(args.config, run_dir(aux, noise, seed), aux, noise, seed, schedule)
     records = []
     for name, aux, noise in rows:
-        outs = [args.out / args.schedule / f"{aux}-noise{noise:g}-seed{seed}" for seed in range(args.seeds)]
+        outs = [run_dir(aux, noise, seed) for seed in range(args.seeds)]
         results = [run_one(args.config, out, aux, noise, seed, schedule) for seed, out in enumerate(outs)]
         record = {"row": name, "noise": noise, "seeds": len(results)}
         for key, field in (("acc", "accuracy"), ("recall", "mean_recall")):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+from wscfer_train import distill
 from wscfer_train.config import DEFAULTS, ConfigError, as_yaml, flatten, load_config
 from wscfer_train.losses import objective
 from wscfer_train.model import build_model, load_init
@@ -419,6 +421,30 @@ def test_distilling_a_teacher_trains_and_records_it_in_the_checkpoint(reference_
     assert len(rows) == 1 and float(rows[0]["kd"]) > 0
     saved = torch.load(tmp_path / "student" / "best.pt", weights_only=True)
     assert saved["meta"]["teachers"] == [str(teacher)]
+
+
+def test_cached_soft_targets_are_made_again_when_the_teacher_file_changes(tmp_path, monkeypatch):
+    teacher = tmp_path / "teacher.pt"
+    teacher.write_bytes(b"first weights")
+    made = []
+    monkeypatch.setattr(distill, "soft_targets", lambda *args, **kwargs: made.append(1) or torch.full((4, 7), 1 / 7))
+    dataset = SimpleNamespace(labels=np.arange(4), images=np.zeros((4, 24, 24), np.uint8))
+    loss_cfg = {"teachers": [str(teacher)], "distill_temperature": 4.0}
+
+    def targets():
+        return distill.cached_soft_targets(tmp_path / "soft_targets.pt", loss_cfg, dataset, torch.device("cpu"), 8)
+
+    targets(), targets()
+    assert len(made) == 1
+    teacher.write_bytes(b"other weights, same path")
+    targets()
+    assert len(made) == 2
+
+
+def test_a_teacher_that_is_neither_a_file_nor_a_peer_is_refused_before_data_is_read(tmp_path):
+    with pytest.raises(distill.TeacherError, match="neither a file nor a peer"):
+        distill.check_settings({"teachers": [str(tmp_path / "gone.pt")], "distill_weight": 0.5,
+                                "distill_temperature": 4.0})
 
 
 def test_a_teacher_trained_on_other_images_stops_the_cli_with_one_clear_error(reference_run, tmp_path, caplog):

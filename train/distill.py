@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from .data import FaceDataset
 from .evaluate import load_checkpoint, predict_logits
+from . import peers
 from .peers import PEERS, load_peer
 
 log = logging.getLogger("wscfer_train")
@@ -64,6 +65,9 @@ def parse_teachers(loss_cfg: dict) -> list[Teacher]:
                           float(spec.get("weight", 1.0)))
         if teacher.temperature <= 0 or teacher.weight <= 0:
             raise TeacherError(f"loss.teachers entry {entry!r}: temperature and weight must be positive")
+        if teacher.source not in PEERS and not Path(teacher.source).is_file():
+            raise TeacherError(f"loss.teachers: {teacher.source} is neither a file nor a peer "
+                               f"({', '.join(PEERS)})")
         teachers.append(teacher)
     return teachers
 
@@ -111,10 +115,12 @@ def cached_soft_targets(path: Path, loss_cfg: dict, dataset: FaceDataset, device
                         batch_size: int, report: bool = True) -> torch.Tensor:
     """``soft_targets``, kept in ``path`` so that a resumed run does not compute them again.
 
-    The file is reused only when it was made for the same teachers and the
-    same training labels; otherwise it is computed and written anew.
+    The file is reused only when it was made by the same teachers (the same
+    settings, the same weights, and for a peer the same port of its
+    preprocessing) for the same training images; otherwise it is computed
+    and written anew.
     """
-    key = {"teachers": [vars(t) for t in parse_teachers(loss_cfg)],
+    key = {"teachers": [{**vars(t), "made_by": _fingerprint(t.source)} for t in parse_teachers(loss_cfg)],
            "labels": hashlib.sha256(dataset.labels.tobytes()).hexdigest(), "shape": list(dataset.images.shape)}
     if path.is_file():
         stored = torch.load(path, map_location="cpu", weights_only=True)
@@ -128,6 +134,13 @@ def cached_soft_targets(path: Path, loss_cfg: dict, dataset: FaceDataset, device
         torch.save({"key": key, "targets": targets}, scratch)
         os.replace(scratch, path)
     return targets
+
+
+def _fingerprint(source: str) -> str:
+    """sha256 of what turns images into the teacher's logits: its file, or for a peer the port's code."""
+    if source in PEERS:
+        return hashlib.sha256(Path(peers.__file__).read_bytes()).hexdigest()
+    return hashlib.sha256(Path(source).read_bytes()).hexdigest()
 
 
 def _teacher_logits(source: str, dataset: FaceDataset, device: torch.device, batch_size: int):
