@@ -24,8 +24,10 @@ from test_ros4hri import HRI_EXPRESSIONS
 from wscfer_ros.ros4hri import face_images
 
 MISSED_FRAMES = 3
-# RIHS01 type hashes of ROS4HRI's definitions (hri_msgs 2.3.2): the distribution's
-# package has the same, so typed consumers built against it match our topics.
+# RIHS01 type hashes of our build of ROS4HRI's definitions.  The hash covers the fields
+# and their types; msg/hri_msgs has exactly the fields and constants of
+# ros4hri/hri_msgs' own files (compared line by line, comments aside), so the
+# distribution's package hashes the same and typed consumers built against it match.
 TYPE_HASHES = {
     "Expression": "RIHS01_411b88e0604397d44775d8ec6a4bc69398fb0dfbfe864c33a40fa99ee85f1b00",
     "IdsList": "RIHS01_7e0812d1ac945c98fd3e393568d581ad0ab567f37b24eff633eab778c1bfe62d",
