@@ -241,10 +241,12 @@ def test_the_backbones_load_the_published_weights(pretrained):
 LOSS = {"distill_temperature": 4.0}
 
 
-def test_teachers_are_strings_or_mappings_with_their_own_temperature_and_weight():
-    teachers = parse_teachers({**LOSS, "teachers": ["runs/a/best.pt",
+def test_teachers_are_strings_or_mappings_with_their_own_temperature_and_weight(tmp_path):
+    weights = tmp_path / "best.pt"
+    weights.write_bytes(b"a teacher's weights")
+    teachers = parse_teachers({**LOSS, "teachers": [str(weights),
                                                     {"teacher": "human-models", "temperature": 8, "weight": 0.5}]})
-    assert teachers == [Teacher("runs/a/best.pt", 4.0, 1.0), Teacher("human-models", 8.0, 0.5)]
+    assert teachers == [Teacher(str(weights), 4.0, 1.0), Teacher("human-models", 8.0, 0.5)]
 
 
 @pytest.mark.parametrize("entry", [3, {"temperature": 2}, {"teacher": 3}, {"teacher": "face-api", "weigth": 1},
