@@ -14,7 +14,7 @@ PACKAGE = "wscfer_ros"
 setup(
     name=PACKAGE,
     version="0.1.0",
-    packages=[PACKAGE, "wscfer_train"],
+    packages=[PACKAGE, PACKAGE + ".perception", "wscfer_train"],
     package_dir={PACKAGE: PACKAGE, "wscfer_train": "train"},
     package_data={PACKAGE: ["models/*.onnx", "models/*.json"]},
     data_files=[

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_classifier.py [--model FILE] [--repeat 200] [--faces 1 4 16]
 
-Measures :class:`wscfer_ros.classifier.Classifier`, the object the node runs
+Measures :class:`wscfer_ros.perception.classifier.Classifier`, the object the node runs
 (uint8 crops in, probabilities out: normalisation, ONNX Runtime and softmax),
 for 1, 4 and 16 faces per call, CPU provider with 1 and 2 intra-op threads,
 and the CUDA provider when a GPU really runs it.
@@ -102,7 +102,7 @@ def fold_constants(model: Path, output: Path) -> None:
 
 def calibration_inputs(model_path: Path, calibration: str) -> np.ndarray:
     """Real faces normalised as the model expects them, float32 NCHW."""
-    from wscfer_ros.classifier import Classifier
+    from wscfer_ros.perception.classifier import Classifier
     from wscfer_train.export import load_images
 
     classifier = Classifier(str(model_path), providers="cpu")
@@ -133,7 +133,7 @@ def random_crops(classifier, faces: int) -> np.ndarray:
 
 
 def classifier_rows(variants, providers, faces_list, repeat, warmup) -> tuple[list[list[str]], list[str]]:
-    from wscfer_ros.classifier import Classifier, ModelError
+    from wscfer_ros.perception.classifier import Classifier, ModelError
 
     rows, notes = [], []
     for label, path in variants:
@@ -159,7 +159,7 @@ def classifier_rows(variants, providers, faces_list, repeat, warmup) -> tuple[li
 def session_option_rows(fp32_path: Path, faces_list, repeat, warmup) -> list[list[str]]:
     """Raw ONNX Runtime sessions of the fp32 model with different options, and Classifier.predict beside them."""
     import onnxruntime as ort
-    from wscfer_ros.classifier import Classifier
+    from wscfer_ros.perception.classifier import Classifier
 
     def options(threads=0, spinning=True, level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
         opts = ort.SessionOptions()
@@ -199,7 +199,7 @@ def session_option_rows(fp32_path: Path, faces_list, repeat, warmup) -> list[lis
 
 def paced_rows(model: Path, faces_list, rate: float, calls: int) -> list[list[str]]:
     """Classifier.predict called ``rate`` times a second, busy_wait off and on: latency and CPU per call."""
-    from wscfer_ros.classifier import Classifier
+    from wscfer_ros.perception.classifier import Classifier
 
     rows = []
     for busy_wait in (False, True):
@@ -248,7 +248,7 @@ def main(argv=None) -> int:
     try:
         model = resolve_model(args.model)
         extra = [(Path(name).name, resolve_model(name)) for name in args.models]
-        from wscfer_ros.classifier import Classifier
+        from wscfer_ros.perception.classifier import Classifier
         precision = Classifier(str(model), providers="cpu").metadata.get("precision", "fp32")
         print(machine_description())
         print(f"model: {model} (stored as {precision}); {args.repeat} timed calls per row after "

@@ -222,7 +222,7 @@ def main(argv=None) -> int:
         return fer_worker(args.fer_worker, args.fer_output, args.repeat, args.warmup)
 
     from bench_pipeline import frame_sets, measure
-    from wscfer_ros.pipeline import Pipeline, PipelineConfig
+    from wscfer_ros.perception.pipeline import Pipeline, PipelineConfig
 
     try:
         python = fer_python()

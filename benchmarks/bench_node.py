@@ -76,7 +76,7 @@ def run_publisher(frames_path: str, topic: str, rate: float, seconds: float, sta
     and keep this process (and its shared-memory segments) alive until the
     node has taken every frame.
     """
-    from wscfer_ros.images import fill_image
+    from wscfer_ros.messages import fill_image
 
     frames = np.load(frames_path, mmap_mode="r")
     rclpy.init()

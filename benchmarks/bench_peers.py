@@ -78,7 +78,7 @@ class Ours(Model):
     """A model file of ours, through ``wscfer_ros``'s Classifier (crops) and Pipeline (images)."""
 
     def __init__(self, path: Path, detector: str):
-        from wscfer_ros.pipeline import Pipeline, PipelineConfig
+        from wscfer_ros.perception.pipeline import Pipeline, PipelineConfig
 
         # No smoothing: a face's probabilities are its own, not mixed with the last image's.
         self.pipeline = Pipeline(PipelineConfig(model_path=str(path), detector=detector, smoothing=0.0))
@@ -127,7 +127,7 @@ class Fer(Model):
 def muxspace(limit: int):
     """``(encoded images, class names)`` of muxspace, ``limit`` drawn at random (0: all), and the files left out."""
     from wscfer_train.data import data_root
-    from wscfer_ros.images import encoded_image_problem
+    from wscfer_ros.perception.encoded import encoded_image_problem
 
     root = data_root() / "muxspace"
     listing = root / "labels.csv"
@@ -156,7 +156,7 @@ def decoded(encoded: list[np.ndarray], size: int, color: str) -> np.ndarray:
 
 def square_crop(frame_rgb: np.ndarray, box, scale: float) -> np.ndarray:
     """The square around a detector box (``scale`` times its longer side), at the frame's resolution."""
-    from wscfer_ros.crops import crop_faces
+    from wscfer_ros.perception.crops import crop_faces
 
     side = max(1, round(max(box[2], box[3]) * scale))
     return crop_faces(frame_rgb, np.array([box], np.float64), (side, side), scale, "rgb")[0]
@@ -221,8 +221,8 @@ def percent(pair: tuple[float, float]) -> list[str]:
 # ----------------------------------------------------------------------------- main
 
 def main(argv=None) -> int:
-    from wscfer_ros.detector import DETECTOR_MODES
-    from wscfer_ros.pipeline import PipelineConfig
+    from wscfer_ros.perception.detector import DETECTOR_MODES
+    from wscfer_ros.perception.pipeline import PipelineConfig
 
     parser = argument_parser(__doc__)
     add_model_argument(parser, repeatable=True)

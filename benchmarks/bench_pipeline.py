@@ -2,7 +2,7 @@
 
     python benchmarks/bench_pipeline.py [--model FILE] [--repeat 100] [--frames 0]
 
-Times :meth:`wscfer_ros.pipeline.Pipeline.process` per frame, BGR frames in
+Times :meth:`wscfer_ros.perception.pipeline.Pipeline.process` per frame, BGR frames in
 as the node gets them from a camera: each photo ``--repeat`` times, and every
 frame of each video once (all frames decoded before timing).  The stage
 columns are the medians of ``FrameResult.timings_ms``; "faces" is the mean
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
         parser.error("--frames, --warmup and --threads must be >= 0")
 
     try:
-        from wscfer_ros.pipeline import Pipeline, PipelineConfig
+        from wscfer_ros.perception.pipeline import Pipeline, PipelineConfig
 
         model = resolve_model(args.model)
         sets = frame_sets(args.frames)

@@ -141,7 +141,7 @@ def add_model_argument(parser, repeatable: bool = False) -> None:
 
 def resolve_model(model: str) -> Path:
     """The model file ``--model`` names; BenchmarkError when it does not exist."""
-    from wscfer_ros.classifier import default_model_path, resolve_model_path
+    from wscfer_ros.perception.classifier import default_model_path, resolve_model_path
 
     path = resolve_model_path(model)
     if not path.is_file():

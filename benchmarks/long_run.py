@@ -55,7 +55,7 @@ class Answers:
 
 def video_messages() -> list[Image]:
     """One bgr8 message per frame of the videos, in play order."""
-    from wscfer_ros.images import fill_image
+    from wscfer_ros.messages import fill_image
 
     messages = []
     for video in VIDEOS:

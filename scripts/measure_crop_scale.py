@@ -15,7 +15,7 @@ import random
 import cv2
 import numpy as np
 
-from wscfer_ros.detector import FaceDetector
+from wscfer_ros.perception.detector import FaceDetector
 from wscfer_train.data import data_root
 
 SIDE = 192

@@ -9,7 +9,7 @@ from sensor_msgs.msg import Image
 
 from ros_helpers import STARTUP_TIMEOUT_S, NodeProcess, RosClient, isolated_ros
 from wscfer_ros.camera import SourceError, open_source, output_size
-from wscfer_ros.images import image_to_array
+from wscfer_ros.messages import image_to_array
 
 
 def test_folder_is_read_in_name_order_and_loops(tmp_path):

@@ -10,8 +10,8 @@ import pytest
 from onnx import numpy_helper
 
 import wscfer_ros
-from wscfer_ros import classifier as classifier_module
-from wscfer_ros.classifier import (REQUIRED_METADATA, Classifier, ModelError, default_model_path,
+from wscfer_ros.perception import classifier as classifier_module
+from wscfer_ros.perception.classifier import (REQUIRED_METADATA, Classifier, ModelError, default_model_path,
                                    resolve_model_path)
 from conftest import FER_CLASSES, write_tiny_model
 

@@ -3,8 +3,8 @@ import cv2
 import numpy as np
 import pytest
 
-from wscfer_ros.crops import convert_crops, crop_faces, crop_transforms
-from wscfer_ros.detector import FaceDetector
+from wscfer_ros.perception.crops import convert_crops, crop_faces, crop_transforms
+from wscfer_ros.perception.detector import FaceDetector
 
 
 def frame_with_square(x, y, side, value=255, shape=(240, 320)):

@@ -3,9 +3,9 @@ import cv2
 import numpy as np
 import pytest
 
-from wscfer_ros.detector import (FULL_RANGE_HOLD_FRAMES, MAX_DETECTION_SIDE, START_UP_NOISE, Detection,
+from wscfer_ros.perception.detector import (FULL_RANGE_HOLD_FRAMES, MAX_DETECTION_SIDE, START_UP_NOISE, Detection,
                                  FaceDetector, _merge, _start_up_noise_dropped)
-from wscfer_ros.pipeline import PipelineConfig
+from wscfer_ros.perception.pipeline import PipelineConfig
 
 
 def load_rgb(media_dir, name):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from wscfer_ros.classifier import Classifier
+from wscfer_ros.perception.classifier import Classifier
 from wscfer_train import export as export_module
 from wscfer_train.augment import prepare_eval
 from wscfer_train.config import load_config

@@ -20,8 +20,8 @@ from sensor_msgs.msg import Image
 from conftest import FER_CLASSES
 from ros_helpers import (RELIABLE, STARTUP_TIMEOUT_S, TEST_PARAMETERS, NodeProcess,
                          NodeUnderTest, image_message)
-from test_ros4hri import HRI_EXPRESSIONS
-from wscfer_ros.ros4hri import face_images
+from test_hri_faces import HRI_EXPRESSIONS
+from wscfer_ros.perception.hri_faces import face_images
 
 MISSED_FRAMES = 3
 # RIHS01 type hashes of our build of ROS4HRI's definitions.  The hash covers the fields

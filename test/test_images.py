@@ -7,8 +7,9 @@ import pytest
 from sensor_msgs.msg import CompressedImage, Image
 
 from conftest import announcing
-from wscfer_ros.images import (ENCODINGS, ImageError, as_bgr, compressed_to_array, declared_size,
-                               fill_image, image_to_array)
+from wscfer_ros.messages import ENCODINGS, compressed_to_array, fill_image, image_to_array
+from wscfer_ros.perception.colours import as_bgr
+from wscfer_ros.perception.encoded import ImageError, declared_size
 
 RNG = np.random.default_rng(0)
 

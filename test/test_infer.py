@@ -8,9 +8,9 @@ import cv2
 import pytest
 
 from conftest import FER_CLASSES, announcing, write_tiny_model
-from wscfer_ros.images import MAX_COMPRESSED_PIXELS
+from wscfer_ros.perception.encoded import MAX_COMPRESSED_PIXELS
 from wscfer_ros.infer import _config, build_parser, main
-from wscfer_ros.pipeline import PipelineConfig
+from wscfer_ros.perception.pipeline import PipelineConfig
 
 MESSAGE_KEYS = {"schema", "stamp", "frame_id", "width", "height", "latency_ms", "faces"}
 FACE_KEYS = {"id", "box", "detection_score", "label", "score", "probabilities"}
@@ -266,7 +266,7 @@ def test_the_older_flag_names_still_work():
 
 def test_a_frame_the_pipeline_fails_on_is_one_line_and_the_run_goes_on(model_path, media_dir, monkeypatch,
                                                                        capsys):
-    from wscfer_ros.pipeline import Pipeline
+    from wscfer_ros.perception.pipeline import Pipeline
 
     process = Pipeline.process
     calls = []

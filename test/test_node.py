@@ -23,7 +23,6 @@ from sensor_msgs.msg import CompressedImage, Image
 from conftest import FER_CLASSES
 from ros_helpers import (REPLY_TIMEOUT_S, REPO_ROOT, STARTUP_TIMEOUT_S, TEST_PARAMETERS,
                          LifecycleManager, NodeProcess, NodeUnderTest, image_message, jpeg_message)
-from wscfer_ros.node import NewestFrame
 
 PARAMS_FILE = REPO_ROOT / "config" / "wscfer.yaml"
 BURST_FRAMES = 60
@@ -71,22 +70,6 @@ def lifecycle_node(ros_dir, model_file):
                          *TEST_PARAMETERS)
     yield process
     process.stop()
-
-
-def test_newest_frame_keeps_only_the_newest_message():
-    mailbox = NewestFrame()
-    mailbox.open()
-    for message in ("first", "second", "third"):
-        mailbox.put(message)
-    newest = mailbox.take()
-    mailbox.put("fourth")
-    mailbox.close()
-
-    assert newest == "third"
-    assert mailbox.take() is None, "closing drops the pending message and ends the worker"
-    assert mailbox.skipped == 3
-    mailbox.open()
-    assert mailbox.skipped == 0, "counts start again at each activation"
 
 
 @pytest.fixture(scope="module")

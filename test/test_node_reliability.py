@@ -29,7 +29,8 @@ from sensor_msgs.msg import CompressedImage, Image
 from conftest import announcing
 from ros_helpers import (STARTUP_TIMEOUT_S, TEST_PARAMETERS, LifecycleManager, NodeProcess,
                          NodeUnderTest, RosClient, image_message, jpeg_message)
-from wscfer_ros.images import ENCODINGS, REJECTION_REASONS
+from wscfer_ros.messages import ENCODINGS
+from wscfer_ros.perception.encoded import REJECTION_REASONS
 from wscfer_ros.node import ExpressionNode
 
 MALFORMED_PER_INPUT = 2000

@@ -3,8 +3,8 @@ import json
 
 import numpy as np
 
-from wscfer_ros.output import SCHEMA_VERSION, draw_faces, frame_message, largest_face
-from wscfer_ros.pipeline import Face, FrameResult
+from wscfer_ros.perception.output import SCHEMA_VERSION, draw_faces, frame_message, largest_face
+from wscfer_ros.perception.pipeline import Face, FrameResult
 
 CLASSES = ["angry", "happy", "neutral"]
 

@@ -257,7 +257,7 @@ def test_a_malformed_teacher_entry_is_refused(entry):
 
 
 def test_an_onnx_teacher_gives_the_soft_targets_of_its_own_predictions(tmp_path):
-    from wscfer_ros.classifier import Classifier
+    from wscfer_ros.perception.classifier import Classifier
 
     # The model's own size (48) and colour differ from the data's (32 px RGB): it resizes and converts.
     teacher = write_tiny_model(tmp_path / "teacher.onnx", classes=list(reversed(FER_CLASSES)))

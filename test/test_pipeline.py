@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from conftest import FER_CLASSES, write_tiny_model
-from wscfer_ros.classifier import ModelError
-from wscfer_ros.pipeline import Face, Pipeline, PipelineConfig
+from wscfer_ros.perception.classifier import ModelError
+from wscfer_ros.perception.pipeline import Face, Pipeline, PipelineConfig
 
 STAGES = {"detect", "crop", "classify", "track"}
 

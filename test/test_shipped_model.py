@@ -7,8 +7,8 @@ import onnx
 import pytest
 from skimage import data as skimage_data
 
-from wscfer_ros.classifier import Classifier, default_model_path
-from wscfer_ros.pipeline import Pipeline, PipelineConfig
+from wscfer_ros.perception.classifier import Classifier, default_model_path
+from wscfer_ros.perception.pipeline import Pipeline, PipelineConfig
 
 MAX_SHIPPED_BYTES = 25 * 1024 * 1024
 

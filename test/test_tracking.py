@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from wscfer_ros.tracking import FaceTracker, iou_matrix
+from wscfer_ros.perception.tracking import FaceTracker, iou_matrix
 
 HAPPY = np.array([[0.1, 0.8, 0.1]], np.float32)
 SAD = np.array([[0.7, 0.1, 0.2]], np.float32)

@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from wscfer_ros.images import encoded_image_problem
+from wscfer_ros.perception.encoded import encoded_image_problem
 
 log = logging.getLogger(__name__)
 

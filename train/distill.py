@@ -158,7 +158,7 @@ def _teacher_logits(source: str, dataset: FaceDataset, device: torch.device, bat
 
 
 def _model_file_logits(path: str, dataset: FaceDataset):
-    from wscfer_ros.classifier import Classifier, ModelError
+    from wscfer_ros.perception.classifier import Classifier, ModelError
 
     try:
         classifier = Classifier(path, providers="cpu")

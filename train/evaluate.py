@@ -6,7 +6,7 @@
 
 The model is a ``best.pt`` written by ``wscfer-train`` or an ONNX file
 following the node's model-file contract; an ONNX file is run exactly as the
-node runs it, through :class:`wscfer_ros.classifier.Classifier`.  The dataset
+node runs it, through :class:`wscfer_ros.perception.classifier.Classifier`.  The dataset
 is decoded at the model's own input size and colour, and its classes are
 matched to the model's by name.  One forward pass per image, no test-time
 augmentation.  Prints accuracy, mean per-class recall and per-class recall;
@@ -123,7 +123,7 @@ def open_checkpoint(path: str | Path, device: str = "auto") -> EvalModel:
 def open_onnx(path: str | Path, providers: str = "auto") -> EvalModel:
     """An ONNX model file as an :class:`EvalModel`, run by the node's own classifier."""
     # Imported here so that evaluating checkpoints does not need onnxruntime.
-    from wscfer_ros.classifier import Classifier
+    from wscfer_ros.perception.classifier import Classifier
 
     classifier = Classifier(str(Path(path).resolve()), providers=providers)
     log.info("%s: %s", path, classifier.provider_note)

@@ -17,7 +17,8 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-from wscfer_ros.images import IMAGE_SUFFIXES, fill_image
+from wscfer_ros.messages import fill_image
+from wscfer_ros.perception.encoded import IMAGE_SUFFIXES
 from wscfer_ros.ros_process import run_node
 
 RELIABILITY = {"sensor_data": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}

@@ -12,7 +12,7 @@
 Per-face publishers and subscriptions exist exactly while their id is
 tracked: created when it appears in the list, destroyed when it leaves.  The
 names are absolute, as REP-155 puts every human under ``/humans``.  What
-goes into the messages is computed in :mod:`wscfer_ros.ros4hri`.
+goes into the messages is computed in :mod:`wscfer_ros.perception.hri_faces`.
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from rclpy.qos import QoSProfile
 from rclpy.validate_full_topic_name import validate_full_topic_name
 from sensor_msgs.msg import Image
 
-from .images import fill_image
-from .ros4hri import (FaceIds, TrackedIds, expression_name, face_images, normalized_roi,
+from .messages import fill_image
+from .perception.hri_faces import (FaceIds, TrackedIds, expression_name, face_images, normalized_roi,
                       valence_arousal)
 
 FACES_NAMESPACE = "/humans/faces"

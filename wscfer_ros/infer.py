@@ -1,7 +1,7 @@
 """``wscfer-infer``: the expression pipeline on files or a webcam, without ROS.
 
 Reads an image, a folder of images, a video file or a webcam (its index,
-e.g. ``0``), runs the same :class:`~wscfer_ros.pipeline.Pipeline` as the node
+e.g. ``0``), runs the same :class:`~wscfer_ros.perception.pipeline.Pipeline` as the node
 and writes one JSON object per frame, in the schema of the ``expressions``
 topic, to stdout or ``--output``.  ``--annotate`` writes the frames with the
 faces drawn: an image, a folder of images or an mp4 video, following the input.
@@ -11,7 +11,7 @@ faces drawn: an image, a folder of images or an mp4 video, following the input.
 
 Bad input never stops it: an image file that cannot be decoded, or whose
 header announces more pixels than the node accepts (the node's own check,
-``images.decode``), is skipped with one line naming it and why, the rest is
+``encoded.decode``), is skipped with one line naming it and why, the rest is
 processed, and the summary counts what was skipped.  The exit status is 0
 when at least one frame was processed, 1 when none was, 2 for a bad setting.
 """
@@ -29,11 +29,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .classifier import ModelError
-from .images import IMAGE_SUFFIXES, ImageError, decode
-from .output import draw_faces, frame_message
-from .pipeline import Pipeline, PipelineConfig
-from .quiet import captured_stderr, pass_on
+from .perception.classifier import ModelError
+from .perception.encoded import IMAGE_SUFFIXES, ImageError, decode
+from .perception.output import draw_faces, frame_message
+from .perception.pipeline import Pipeline, PipelineConfig
+from .perception.quiet import captured_stderr, pass_on
 
 _PROG = "wscfer-infer"
 # Video files a folder may hold (a folder is read for its images only).

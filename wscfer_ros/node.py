@@ -1,6 +1,6 @@
 """``wscfer_node``: the facial expressions of the faces in camera images, on ROS 2 topics.
 
-A lifecycle node that only wires ROS to :class:`~wscfer_ros.pipeline.Pipeline`:
+A lifecycle node that only wires ROS to :class:`~wscfer_ros.perception.pipeline.Pipeline`:
 parameters, QoS, subscription, publishers, lifecycle transitions and
 diagnostics.  All image work happens in the pipeline.
 
@@ -44,13 +44,14 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 
-from wscfer_ros.classifier import Classifier
 from wscfer_ros.hri_topics import FaceTopics, TrackedFacesInput, expression_message
-from wscfer_ros.images import (REJECTION_REASONS, ImageError, compressed_to_array,
-                               fill_image, image_to_array)
-from wscfer_ros.output import draw_faces, frame_message, largest_face
-from wscfer_ros.pipeline import TUNABLE_SETTINGS, Pipeline, PipelineConfig
-from wscfer_ros.ros4hri import CroppedFaceClassifier, NewestPerFace
+from wscfer_ros.messages import compressed_to_array, fill_image, image_to_array
+from wscfer_ros.perception.classifier import Classifier
+from wscfer_ros.perception.encoded import REJECTION_REASONS, ImageError
+from wscfer_ros.perception.hri_faces import CroppedFaceClassifier
+from wscfer_ros.perception.mailbox import NewestFrame, NewestPerKey
+from wscfer_ros.perception.output import draw_faces, frame_message, largest_face
+from wscfer_ros.perception.pipeline import TUNABLE_SETTINGS, Pipeline, PipelineConfig
 from wscfer_ros.ros_process import run_node
 
 # Every parameter: name -> (default, description): the pipeline's settings
@@ -109,57 +110,13 @@ class Frame(NamedTuple):
     arrival: float          # time.monotonic() when the message arrived
 
 
-class NewestFrame:
-    """A one-frame mailbox between the subscription callback and the worker thread.
-
-    ``put`` replaces a frame the worker has not taken yet and counts it as
-    skipped, so the worker always gets the newest frame.
-    """
-
-    def __init__(self):
-        self._condition = threading.Condition()
-        self._pending = None
-        self._open = False
-        self.skipped = 0
-
-    def open(self) -> None:
-        with self._condition:
-            self._open = True
-            self.skipped = 0
-
-    def close(self) -> None:
-        """Drop the pending frame and make ``take`` return None."""
-        with self._condition:
-            self._open = False
-            if self._pending is not None:
-                self.skipped += 1
-                self._pending = None
-            self._condition.notify_all()
-
-    def put(self, frame) -> None:
-        with self._condition:
-            if self._pending is not None:
-                self.skipped += 1
-            self._pending = frame
-            self._condition.notify()
-
-    def take(self):
-        """Wait for the next frame; None once closed."""
-        with self._condition:
-            self._condition.wait_for(lambda: self._pending is not None or not self._open)
-            if not self._open:
-                return None
-            pending, self._pending = self._pending, None
-            return pending
-
-
 class ExpressionNode(Node):
     """Lifecycle node publishing the expressions of the faces in the newest camera frame."""
 
     def __init__(self, **kwargs):
         super().__init__("wscfer_node", **kwargs)
         self._frames = NewestFrame()
-        self._face_images = NewestPerFace()
+        self._face_images = NewestPerKey()
         # A Pipeline; a CroppedFaceClassifier with input 'ros4hri' (no detection there).
         self._pipeline: Pipeline | CroppedFaceClassifier | None = None
         self._consumer = False

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .crops import COLORS, convert_crops
+from .colours import convert_crops
+from .crops import COLORS
 
 PROVIDER_CHOICES = ("auto", "cpu", "cuda")
 REQUIRED_METADATA = ("class_names", "input_size", "color", "mean", "std", "crop_scale")

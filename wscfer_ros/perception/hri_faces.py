@@ -43,9 +43,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .colours import as_bgr, to_rgb
 from .crops import crop_faces, crop_transforms
-from .images import as_bgr
-from .pipeline import to_rgb
 from .tracking import check_smoothing, smooth
 
 #: Side in pixels of the face images on ``/humans/faces/<id>/cropped``: REP-155's
@@ -214,53 +213,3 @@ class CroppedFaceClassifier:
     def reset(self) -> None:
         with self._lock:
             self._probabilities.clear()
-
-
-class NewestPerFace:
-    """The consumer mode's mailbox: the newest image of each face id, between callbacks and the worker.
-
-    ``put`` replaces an image of the same id that the worker has not taken
-    yet and counts it as skipped; ``take`` hands over every pending image
-    at once (one batched model call), or None once closed.
-    """
-
-    def __init__(self):
-        self._condition = threading.Condition()
-        self._pending: dict[str, object] = {}
-        self._open = False
-        self.skipped = 0
-
-    def open(self) -> None:
-        with self._condition:
-            self._open = True
-            self.skipped = 0
-
-    def close(self) -> None:
-        """Drop what is pending and make ``take`` return None."""
-        with self._condition:
-            self._open = False
-            self.skipped += len(self._pending)
-            self._pending.clear()
-            self._condition.notify_all()
-
-    def put(self, face_id: str, item) -> None:
-        with self._condition:
-            if face_id in self._pending:
-                self.skipped += 1
-            self._pending[face_id] = item
-            self._condition.notify()
-
-    def drop(self, face_id: str) -> None:
-        """Forget a pending image of an id that left (counted as skipped)."""
-        with self._condition:
-            if self._pending.pop(face_id, None) is not None:
-                self.skipped += 1
-
-    def take(self) -> dict | None:
-        """Wait for images; all pending ones by id, or None once closed."""
-        with self._condition:
-            self._condition.wait_for(lambda: self._pending or not self._open)
-            if not self._open:
-                return None
-            pending, self._pending = self._pending, {}
-            return pending

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from .images import as_bgr
+from .colours import as_bgr
 
 if TYPE_CHECKING:
     from .pipeline import Face, FrameResult
@@ -60,7 +60,7 @@ def largest_face(result: FrameResult) -> Face | None:
 def draw_faces(image: np.ndarray, result: FrameResult, color: str = "bgr") -> np.ndarray:
     """A BGR copy of the frame with each face's box, id, label and score drawn.
 
-    ``color`` is the frame's (see ``images.as_bgr``); the frame is converted
+    ``color`` is the frame's (see ``colours.as_bgr``); the frame is converted
     or copied once.  The text scales with the box so it stays readable on
     small and large faces.
     """

@@ -10,19 +10,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 
 from .classifier import PROVIDER_CHOICES, Classifier
+from .colours import to_rgb
 from .crops import crop_faces
 from .detector import DETECTOR_MODES, FaceDetector
 from .tracking import FaceTracker
-
-# Channels each colour needs and the conversion to the detector's RGB.
-_CHANNELS = {"gray": 1, "bgr": 3, "rgb": 3, "bgra": 4, "rgba": 4}
-_TO_RGB = {"gray": cv2.COLOR_GRAY2RGB, "bgr": cv2.COLOR_BGR2RGB,
-           "bgra": cv2.COLOR_BGRA2RGB, "rgba": cv2.COLOR_RGBA2RGB}
-
 
 def _setting(default, description: str, **cli):
     """A PipelineConfig field: its default and the one description that the node's
@@ -182,22 +176,3 @@ class Pipeline:
         """Release the detector's MediaPipe graphs."""
         with self._lock:
             self._detector.close()
-
-
-def to_rgb(image: np.ndarray, color: str) -> np.ndarray:
-    """The frame as the C-contiguous RGB array MediaPipe needs; a view when it already is one."""
-    if color not in _CHANNELS:
-        raise ValueError(f"color must be one of {', '.join(_CHANNELS)}, got {color!r}")
-    if not isinstance(image, np.ndarray):
-        raise ValueError(f"image must be a numpy array, got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8, got {image.dtype}")
-    channels = 1 if image.ndim == 2 else (image.shape[2] if image.ndim == 3 else None)
-    if channels != _CHANNELS[color]:
-        expected = "H x W" if color == "gray" else f"H x W x {_CHANNELS[color]}"
-        raise ValueError(f"a '{color}' image must be {expected}, got shape {image.shape}")
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"image is empty: shape {image.shape}")
-    if color == "rgb":
-        return np.ascontiguousarray(image)
-    return cv2.cvtColor(image, _TO_RGB[color])

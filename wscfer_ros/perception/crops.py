@@ -16,6 +16,8 @@ to the face's.
 import cv2
 import numpy as np
 
+from .colours import convert_crops
+
 COLORS = ("gray", "rgb")
 
 
@@ -67,20 +69,3 @@ def crop_faces(image_rgb: np.ndarray, boxes: np.ndarray, output_size: tuple[int,
         cv2.warpAffine(image_rgb, matrix, (out_width, out_height), dst=crop,
                        flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return convert_crops(crops, color)
-
-
-def convert_crops(crops: np.ndarray, color: str) -> np.ndarray:
-    """A batch of uint8 crops in ``color``: gray ``[N, H, W]`` or rgb ``[N, H, W, 3]``.
-
-    Accepts either layout; the whole batch is converted in one OpenCV call.
-    """
-    is_gray = crops.ndim == 3
-    count, height, width = crops.shape[:3]
-    if color == "gray" and not is_gray:
-        if count == 0:
-            return np.empty((0, height, width), np.uint8)
-        stacked = np.ascontiguousarray(crops).reshape(count * height, width, 3)
-        return cv2.cvtColor(stacked, cv2.COLOR_RGB2GRAY).reshape(count, height, width)
-    if color == "rgb" and is_gray:
-        return np.repeat(crops[..., None], 3, axis=3)
-    return crops

@@ -62,8 +62,8 @@ import numpy as np
 from mediapipe.tasks.python import BaseOptions
 from mediapipe.tasks.python import vision
 
+from .boxes import iou_matrix
 from .quiet import captured_stderr, pass_on
-from .tracking import iou_matrix
 
 DETECTOR_MODES = ("auto", "short", "full")
 

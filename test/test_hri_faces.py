@@ -1,18 +1,16 @@
 """ROS4HRI's content without ROS: ids, expression names, valence/arousal, regions, face images,
-the consumer mode's classifier and mailbox, and the pipeline settings that change at run time."""
-import threading
-
+the consumer mode's classifier, and the pipeline settings that change at run time."""
 import cv2
 import numpy as np
 import pytest
 
 from conftest import FER_CLASSES
-from wscfer_ros.classifier import Classifier
-from wscfer_ros.pipeline import TUNABLE_SETTINGS, Pipeline, PipelineConfig
-from wscfer_ros.ros4hri import (EXPRESSION_OF_CLASS, VALENCE_AROUSAL, CroppedFaceClassifier,
-                                FaceIds, NewestPerFace, TrackedIds, expression_name, face_images,
-                                normalized_roi, valence_arousal)
-from wscfer_ros.tracking import FaceTracker
+from wscfer_ros.perception.classifier import Classifier
+from wscfer_ros.perception.hri_faces import (EXPRESSION_OF_CLASS, VALENCE_AROUSAL, CroppedFaceClassifier, FaceIds,
+                                             TrackedIds, expression_name, face_images, normalized_roi,
+                                             valence_arousal)
+from wscfer_ros.perception.pipeline import TUNABLE_SETTINGS, Pipeline, PipelineConfig
+from wscfer_ros.perception.tracking import FaceTracker
 
 # The values of hri_msgs/Expression's constants (msg/hri_msgs/msg/Expression.msg);
 # test_hri_topics checks the generated message has the same.
@@ -70,31 +68,6 @@ def test_tracked_ids_reports_who_appeared_and_who_left():
     assert tracked.update(["b", "c"]) == (["c"], ["a"])
     assert tracked.update([]) == ([], ["b", "c"])
     assert tracked.ids == []
-
-
-def test_newest_per_face_keeps_one_image_per_id():
-    mailbox = NewestPerFace()
-    mailbox.open()
-    for face_id, image in (("a", 1), ("b", 2), ("a", 3), ("c", 4)):
-        mailbox.put(face_id, image)
-    mailbox.drop("c")
-    assert mailbox.take() == {"a": 3, "b": 2}
-    assert mailbox.skipped == 2, "a's first image was replaced, c's dropped"
-    mailbox.put("a", 5)
-    mailbox.close()
-    assert mailbox.take() is None
-    assert mailbox.skipped == 3
-
-
-def test_newest_per_face_wakes_the_worker():
-    mailbox = NewestPerFace()
-    mailbox.open()
-    taken = []
-    worker = threading.Thread(target=lambda: taken.append(mailbox.take()))
-    worker.start()
-    mailbox.put("a", 1)
-    worker.join(5)
-    assert taken == [{"a": 1}]
 
 
 @pytest.fixture
