@@ -6,15 +6,20 @@
 Same data, schedule, seed and augmentation in every row; only the auxiliary
 loss changes.  Then baseline and WSCFER again with 20 % and 30 % of the
 training labels flipped (validation stays clean).  Each (row, seed) is one
-``wscfer-train`` run in ``--out``; finished runs are skipped and interrupted
-ones resumed, so the command can be re-run until the table is complete.  The
-table (mean and standard deviation over seeds of validation accuracy and
-mean per-class recall) is printed and written to ``--table``.
+``wscfer-train`` run in ``--out``.  Every finished run is recorded in the
+``--json`` file with its settings and its best epoch's metrics (FER2013
+PublicTest, and muxspace's faces as crops); runs found there or finished in
+``--out`` are not trained again and interrupted ones are resumed, so the
+command can be re-run, on another machine too, until the table is complete.
+The table (mean and standard deviation over seeds of accuracy and mean
+per-class recall) is rewritten after every run: to ``--table`` as markdown and
+to ``--json`` as rows.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -34,41 +39,37 @@ SCHEDULES = {
     # The paper's ResNet-18 on all of FER2013.
     "full": ["model.width=64", "optim.epochs=40", "optim.batch_size=256", "optim.lr=0.2"],
 }
-# Faces that are not FER2013's (whole heads, other cameras, noisy labels): the noisy rows are
-# also scored on them, as crops, to see whether robustness to label noise carries over.
+# Faces that are not FER2013's (whole heads, other cameras, noisy labels): every run is also
+# scored on them, as crops, to see whether what a loss learns (and its robustness to label
+# noise) carries over to other faces.
 MUXSPACE = {"format": "folder", "root": "muxspace",
             "class_map": {**{name: name for name in ("angry", "disgust", "fear", "happy", "sad", "surprise",
                                                      "neutral")}, "_meta": None}}
 
 
-def run_one(config: str, out: Path, aux: str, noise: float, seed: int, schedule: list[str]) -> dict:
-    if (out / "best.json").exists():
-        return json.loads((out / "best.json").read_text())
-    settings = [f"run.seed={seed}", f"loss.aux={aux}", f"data.label_noise={noise}", f"data.noise_seed={seed}",
-                *schedule]
-    if list((out / "checkpoints").glob("ckpt-*.pt")):   # interrupted: continue it, its settings checked
-        command = [sys.executable, "-m", "wscfer_train.trainer", "--resume", str(out), "--config", config, *settings]
-    else:
-        command = [sys.executable, "-m", "wscfer_train.trainer", "--config", config, f"run.out_dir={out}",
-                   *settings]
-    print("$", " ".join(command[1:]), flush=True)
-    subprocess.run(command, check=True, cwd=REPO)
+def train_run(config: str, out: Path, settings: list[str]) -> dict:
+    """Train (or finish) one run in ``out`` and return its ``best.json``."""
+    if not (out / "best.json").exists():
+        if list((out / "checkpoints").glob("ckpt-*.pt")):   # interrupted: continue it, its settings checked
+            command = [sys.executable, "-m", "wscfer_train.trainer", "--resume", str(out), "--config", config,
+                       *settings]
+        else:
+            command = [sys.executable, "-m", "wscfer_train.trainer", "--config", config, f"run.out_dir={out}",
+                       *settings]
+        print("$", " ".join(command[1:]), flush=True)
+        subprocess.run(command, check=True, cwd=REPO)
     return json.loads((out / "best.json").read_text())
 
 
 def muxspace_metrics(out: Path) -> dict:
-    """Accuracy and mean recall of the run's best.pt on muxspace crops (computed once, kept beside it)."""
-    cached = out / "muxspace.json"
-    if cached.exists():
-        return json.loads(cached.read_text())
+    """Accuracy and mean recall of the run's best.pt on muxspace's faces as crops."""
     from wscfer_train.data import data_root, load_dataset
     from wscfer_train.evaluate import evaluate, open_checkpoint
 
     model = open_checkpoint(out / "best.pt", "cpu")
     dataset = load_dataset(MUXSPACE, size=model.input_size[0], color=model.color, data_root=data_root())
-    metrics = {key: evaluate(model, dataset)[key] for key in ("accuracy", "mean_recall")}
-    cached.write_text(json.dumps(metrics))
-    return metrics
+    metrics = evaluate(model, dataset)
+    return {key: metrics[key] for key in ("accuracy", "mean_recall")}
 
 
 def spread(values: list[float]) -> tuple[float, float]:
@@ -80,6 +81,43 @@ def mean_std(values: list[float]) -> str:
     return f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
+def summarise(runs: list[dict], rows: list[tuple], schedule: dict) -> tuple[dict, str]:
+    """The table as JSON rows and as markdown, from the finished runs (rows with none are left out)."""
+    lines = [f"Schedule `{schedule['name']}`: `{' '.join(schedule['overrides'])}` on top of "
+             f"`{schedule['config']}`; seeds 0..{schedule['seeds'] - 1}; FER2013 train -> PublicTest (val), "
+             "mean ± std over the seeds finished (column `seeds`); muxspace: the best epoch's network on its "
+             "faces as crops.", "",
+             "| run | seeds | val accuracy (%) | mean per-class recall (%) | muxspace accuracy (%) "
+             "| muxspace recall (%) |",
+             "|---|---|---|---|---|---|"]
+    records = []
+    for name, aux, noise in rows:
+        done = sorted((run for run in runs if run["aux"] == aux and run["noise"] == noise),
+                      key=lambda run: run["seed"])
+        if not done:
+            continue
+        record = {"row": name, "noise": noise, "seeds": len(done)}
+        cells = []
+        for prefix, source in (("", "val"), ("muxspace_", "muxspace")):
+            for key, field in (("acc", "accuracy"), ("recall", "mean_recall")):
+                values = [run[source][field] for run in done]
+                record[f"{prefix}{key}_mean"], record[f"{prefix}{key}_std"] = spread(values)
+                cells.append(mean_std(values))
+        records.append(record)
+        lines.append(f"| {name} | {len(done)} | " + " | ".join(cells) + " |")
+    baseline = next((r["acc_mean"] for r in records if r["row"] == "baseline"), None)
+    summary = {"schedule": schedule, "baseline_acc": baseline, "rows": records,
+               "runs": sorted(runs, key=lambda run: (run["seed"], run["run"]))}
+    return summary, "\n".join(lines) + "\n"
+
+
+def write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--schedule", choices=sorted(SCHEDULES), default="cpu")
@@ -87,53 +125,50 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default=str(REPO / "config" / "train_fer2013.yaml"))
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "ablation")
     parser.add_argument("--table", type=Path, help="markdown file for the table (default: <out>/<schedule>.md)")
-    parser.add_argument("--json", type=Path, help="machine-readable rows (default: <out>/<schedule>.json)")
+    parser.add_argument("--json", type=Path, help="the finished runs and the table's rows; runs recorded here "
+                                                  "are not trained again (default: <out>/<schedule>.json)")
     parser.add_argument("--rows", nargs="+", choices=[name for name, _, _ in ROWS], metavar="ROW",
                         help="run only these rows (default: all), e.g. to try a PCL setting: "
                              "--rows WSCFER --out runs/pcl_try loss.lambda_pcl=0.1")
     parser.add_argument("overrides", nargs="*", help="extra key=value overrides applied to every run")
     args = parser.parse_args(argv)
-    schedule = SCHEDULES[args.schedule] + args.overrides
+    schedule = {"name": args.schedule, "overrides": SCHEDULES[args.schedule] + args.overrides,
+                "config": Path(args.config).name, "seeds": args.seeds}
     rows = [row for row in ROWS if not args.rows or row[0] in args.rows]
-    lines = [f"Schedule `{args.schedule}`: `{' '.join(schedule)}` on top of `{Path(args.config).name}`; "
-             f"seeds 0..{args.seeds - 1}; FER2013 train -> PublicTest (val), mean ± std over seeds; "
-             "muxspace: the best epoch's network on its faces as crops (noisy rows).", "",
-             "| run | val accuracy (%) | mean per-class recall (%) | muxspace accuracy (%) | muxspace recall (%) |",
-             "|---|---|---|---|---|"]
-    def run_dir(aux: str, noise: float, seed: int) -> Path:
-        return args.out / args.schedule / f"{aux}-noise{noise:g}-seed{seed}"
+    json_path = args.json or args.out / f"{args.schedule}.json"
+    table_path = args.table or args.out / f"{args.schedule}.md"
+
+    runs = []
+    if json_path.exists():
+        recorded = json.loads(json_path.read_text())
+        same = {key: recorded["schedule"][key] for key in ("name", "overrides", "config")}
+        if same != {key: schedule[key] for key in same}:
+            print(f"error: {json_path} holds runs of another schedule ({' '.join(same['overrides'])}); "
+                  "give another --json", file=sys.stderr)
+            return 1
+        runs = recorded["runs"]
 
     # Seed by seed, so that an interrupted table already has every row once.
     for seed in range(args.seeds):
         for _, aux, noise in rows:
-            run_one(args.config, run_dir(aux, noise, seed), aux, noise, seed, schedule)
-    records = []
-    for name, aux, noise in rows:
-        outs = [run_dir(aux, noise, seed) for seed in range(args.seeds)]
-        results = [run_one(args.config, out, aux, noise, seed, schedule) for seed, out in enumerate(outs)]
-        record = {"row": name, "noise": noise, "seeds": len(results)}
-        for key, field in (("acc", "accuracy"), ("recall", "mean_recall")):
-            record[f"{key}_mean"], record[f"{key}_std"] = spread([r[field] for r in results])
-        cells = [mean_std([r["accuracy"] for r in results]), mean_std([r["mean_recall"] for r in results])]
-        if noise > 0:
-            cross = [muxspace_metrics(out) for out in outs]
-            for key, field in (("acc", "accuracy"), ("recall", "mean_recall")):
-                record[f"muxspace_{key}_mean"], record[f"muxspace_{key}_std"] = spread([c[field] for c in cross])
-            cells += [mean_std([c["accuracy"] for c in cross]), mean_std([c["mean_recall"] for c in cross])]
-        else:
-            cells += ["", ""]
-        records.append(record)
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        print(lines[-1], flush=True)
-    table = "\n".join(lines) + "\n"
-    target = args.table or args.out / f"{args.schedule}.md"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(table)
-    baseline = next((r["acc_mean"] for r in records if r["row"] == "baseline"), None)
-    summary = {"schedule": {"name": args.schedule, "overrides": schedule, "config": Path(args.config).name,
-                            "seeds": args.seeds},
-               "baseline_acc": baseline, "rows": records}
-    (args.json or args.out / f"{args.schedule}.json").write_text(json.dumps(summary, indent=2) + "\n")
+            name = f"{aux}-noise{noise:g}-seed{seed}"
+            if any(run["run"] == name for run in runs):
+                continue
+            out = args.out / args.schedule / name
+            settings = [f"run.seed={seed}", f"loss.aux={aux}", f"data.label_noise={noise}",
+                        f"data.noise_seed={seed}", *schedule["overrides"]]
+            best = train_run(args.config, out, settings)
+            runs.append({"run": name, "aux": aux, "noise": noise, "seed": seed,
+                         "val": {"accuracy": best["accuracy"], "mean_recall": best["mean_recall"],
+                                 "epoch": best["epoch"]},
+                         "muxspace": muxspace_metrics(out)})
+            summary, table = summarise(runs, rows, schedule)
+            write_atomically(json_path, json.dumps(summary, indent=2) + "\n")
+            write_atomically(table_path, table)
+            print(table.splitlines()[-1] if summary["rows"] else "", flush=True)
+    summary, table = summarise(runs, rows, schedule)
+    write_atomically(json_path, json.dumps(summary, indent=2) + "\n")
+    write_atomically(table_path, table)
     print(table)
     return 0
 
