@@ -30,7 +30,6 @@ process's CPU time over the whole interval, spinning included).
 """
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
@@ -107,8 +106,8 @@ def calibration_inputs(model_path: Path, calibration: str) -> np.ndarray:
 
     classifier = Classifier(str(model_path), providers="cpu")
     images = load_images(calibration, classifier.input_size[0], classifier.color, CALIBRATION_IMAGES)
-    mean = np.asarray(json.loads(classifier.metadata["mean"]), np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(json.loads(classifier.metadata["std"]), np.float32).reshape(1, -1, 1, 1)
+    mean = np.asarray(classifier.contract.mean, np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(classifier.contract.std, np.float32).reshape(1, -1, 1, 1)
     pixels = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
     return (pixels.astype(np.float32) / 255.0 - mean) / std
 

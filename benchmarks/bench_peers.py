@@ -177,6 +177,8 @@ def run_crops(models: list[Model], set_name: str, inputs) -> None:
 
 def run_pipeline(models: list[Model], ours: list[Ours], encoded: list[np.ndarray], crop_scale: float) -> np.ndarray:
     """Every model through our detector on each image; returns where a face was found."""
+    from wscfer_ros.perception.colours import convert
+
     predicted = {model.name: np.full(len(encoded), NO_FACE, dtype=object) for model in models}
     found = np.zeros(len(encoded), bool)
     fer_inputs = []
@@ -189,12 +191,12 @@ def run_pipeline(models: list[Model], ours: list[Ours], encoded: list[np.ndarray
         if faces[0] is None:
             continue
         found[index] = True
-        crop = square_crop(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), faces[0].box, crop_scale)
+        crop = square_crop(convert(frame, "bgr", "rgb"), faces[0].box, crop_scale)
         for model in models:
             if isinstance(model, Peer):
                 predicted[model.name][index] = model.classify(crop[None])[0]
         # fer's own preprocessing (gray, cv2.resize) right away: its small faces are kept, not the crops.
-        fer_inputs.append(fer_faces([cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)])[0])
+        fer_inputs.append(fer_faces([convert(crop, "rgb", "gray")])[0])
     for model in models:
         if isinstance(model, Fer) and fer_inputs:
             predicted[model.name][found] = model.classify(np.stack(fer_inputs))

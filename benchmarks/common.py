@@ -173,10 +173,13 @@ def sample(count: int, limit: int) -> np.ndarray:
 
 
 def predicted_names(classifier, images: np.ndarray) -> np.ndarray:
-    """The class name ``Classifier`` predicts for each uint8 face, resized to its input if need be."""
+    """The class name ``Classifier`` predicts for each uint8 face, resized to its input and colour if need be."""
+    from wscfer_ros.perception.colours import convert_crops
+
     height, width = classifier.input_size
     if (height, width) != images.shape[1:3]:
         images = np.stack([cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR) for image in images])
+    images = convert_crops(images, classifier.color)
     predicted = np.concatenate([classifier.predict(images[start:start + 256]).argmax(axis=1)
                                 for start in range(0, len(images), 256)] or [np.empty(0, np.int64)])
     return np.array(classifier.class_names)[predicted]

@@ -15,6 +15,7 @@ import random
 import cv2
 import numpy as np
 
+from wscfer_ros.perception.colours import convert
 from wscfer_ros.perception.detector import FaceDetector
 from wscfer_train.data import data_root
 
@@ -37,7 +38,7 @@ def main(argv=None) -> int:
             face = cv2.resize(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE), (SIDE, SIDE),
                               interpolation=cv2.INTER_CUBIC)
             canvas = cv2.copyMakeBorder(face, SIDE, SIDE, SIDE, SIDE, cv2.BORDER_CONSTANT, value=128)
-            found = detector.detect(cv2.cvtColor(canvas, cv2.COLOR_GRAY2RGB))
+            found = detector.detect(convert(canvas, "gray", "rgb"))
             if found:
                 x, y, w, h = found[0].box
                 ratios.append(SIDE / max(w, h))

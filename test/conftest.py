@@ -5,12 +5,13 @@ repository root); tests that need it skip with the reason when it is absent.
 A ROS test module uses ``ros_dir`` (its own ROS domain and log folder),
 ``model_file`` and ``client``.
 """
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from wscfer_ros.perception.contract import Contract
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FER_CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
@@ -69,14 +70,8 @@ def write_tiny_model(path: Path, *, size=48, channels=1, color="gray", classes=F
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    props = {
-        "class_names": json.dumps(list(classes)),
-        "input_size": json.dumps([size, size]),
-        "color": color,
-        "mean": json.dumps([0.5] * channels),
-        "std": json.dumps([0.25] * channels),
-        "crop_scale": json.dumps(crop_scale),
-    }
+    props = Contract(tuple(classes), (size, size), color, (0.5,) * channels, (0.25,) * channels,
+                     crop_scale).to_props()
     props.update(metadata or {})
     onnx.helper.set_model_props(model, {k: v for k, v in props.items() if v is not None})
     onnx.save(model, str(path))

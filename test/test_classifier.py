@@ -3,7 +3,6 @@ import json
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import onnx
 import pytest
@@ -11,8 +10,8 @@ from onnx import numpy_helper
 
 import wscfer_ros
 from wscfer_ros.perception import classifier as classifier_module
-from wscfer_ros.perception.classifier import (REQUIRED_METADATA, Classifier, ModelError, default_model_path,
-                                   resolve_model_path)
+from wscfer_ros.perception.classifier import Classifier, ModelError, default_model_path, resolve_model_path
+from wscfer_ros.perception.contract import KEYS
 from conftest import FER_CLASSES, write_tiny_model
 
 
@@ -89,7 +88,7 @@ def test_truncated_file(tmp_path, models):
     assert_model_error(path, "not a valid ONNX model")
 
 
-@pytest.mark.parametrize("key", REQUIRED_METADATA)
+@pytest.mark.parametrize("key", KEYS)
 def test_each_missing_metadata_key(tmp_path, key):
     path = write_tiny_model(tmp_path / f"no_{key}.onnx", metadata={key: None})
     assert_model_error(path, f"'{key}'", "missing")
@@ -179,10 +178,10 @@ def test_batch_gives_the_same_answer_as_single_crops(gray_classifier):
     np.testing.assert_allclose(batched, singles, rtol=1e-5, atol=1e-7)
 
 
-def test_gray_model_fed_rgb_crops_converts_them(gray_classifier):
-    rgb = random_crops(3, channels=3)
-    gray = np.stack([cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY) for crop in rgb])
-    np.testing.assert_allclose(gray_classifier.predict(rgb), gray_classifier.predict(gray), rtol=1e-6)
+def test_a_gray_model_refuses_rgb_crops(gray_classifier):
+    """Crops come in the model's colour (crop_faces makes them so): a conversion here would be a second one."""
+    with pytest.raises(ValueError, match=r"crops for this gray model must be \[N, 48, 48\], got \[3, 48, 48, 3\]"):
+        gray_classifier.predict(random_crops(3, channels=3))
 
 
 def test_three_channel_gray_model_gets_the_gray_crop_replicated(models):
@@ -193,11 +192,10 @@ def test_three_channel_gray_model_gets_the_gray_crop_replicated(models):
     np.testing.assert_allclose(model.predict(crops), expected, rtol=1e-4, atol=1e-6)
 
 
-def test_rgb_model_fed_gray_crops_replicates_them(models):
+def test_an_rgb_model_refuses_gray_crops(models):
     model = Classifier(str(models["rgb"]), providers="cpu")
-    gray = random_crops(2, size=64)
-    np.testing.assert_allclose(model.predict(gray), model.predict(np.repeat(gray[..., None], 3, axis=3)),
-                               rtol=1e-6)
+    with pytest.raises(ValueError, match=r"crops for this rgb model must be \[N, 64, 64, 3\]"):
+        model.predict(random_crops(2, size=64))
 
 
 def test_fixed_batch_model_is_fed_one_crop_at_a_time(tmp_path, gray_classifier, models):

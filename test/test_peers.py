@@ -268,11 +268,13 @@ def test_an_onnx_teacher_gives_the_soft_targets_of_its_own_predictions(tmp_path)
     targets = soft_targets(loss, dataset, torch.device("cpu"), 4, report=False)
 
     import cv2
+    from wscfer_ros.perception.colours import convert_crops
     classifier = Classifier(str(teacher), providers="cpu")
     order = [classifier.class_names.index(name) for name in FER_CLASSES]
     expected = 0
     for view in (images, images[:, :, ::-1]):
         crops = np.stack([cv2.resize(image, (48, 48), interpolation=cv2.INTER_LINEAR) for image in view])
+        crops = convert_crops(crops, classifier.color)
         expected = expected + torch.softmax(torch.log(torch.from_numpy(classifier.predict(crops)[:, order])) / 2.0,
                                             1) / 2
     torch.testing.assert_close(targets, expected.float(), rtol=1e-4, atol=1e-6)

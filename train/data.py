@@ -35,13 +35,14 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from wscfer_ros.perception.colours import convert
+from wscfer_ros.perception.contract import COLORS
 from wscfer_ros.perception.encoded import encoded_image_problem
 
 log = logging.getLogger(__name__)
 
 CANONICAL_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral", "contempt")
 FER2013_CLASSES = CANONICAL_CLASSES[:7]
-COLORS = ("gray", "rgb")
 
 # Each dataset's own class names in its own id order, spelled as its authors spell them.
 RAFDB_NAMES = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")  # ids 1-7
@@ -227,7 +228,7 @@ def _read_fer2013_csv(root: Path, size: int, color: str, subset: Subset, *, usag
                 continue
             image = pixels.astype(np.uint8).reshape(48, 48)
             if color == "rgb":
-                image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+                image = convert(image, "gray", "rgb")
             images.append(_square_resize(image, size))
             labels.append(emotion)
             if place_of is not None:
@@ -573,7 +574,7 @@ def decode_bytes(encoded: np.ndarray, size: int, color: str,
         if not image.size:
             raise SkipImage("face box outside image")
     if color == "rgb":
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        image = convert(image, "bgr", "rgb")
     return _square_resize(image, size)
 
 

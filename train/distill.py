@@ -159,6 +159,7 @@ def _teacher_logits(source: str, dataset: FaceDataset, device: torch.device, bat
 
 def _model_file_logits(path: str, dataset: FaceDataset):
     from wscfer_ros.perception.classifier import Classifier, ModelError
+    from wscfer_ros.perception.colours import convert_crops
 
     try:
         classifier = Classifier(path, providers="cpu")
@@ -177,6 +178,7 @@ def _model_file_logits(path: str, dataset: FaceDataset):
             if crops.shape[1:3] != (height, width):
                 crops = np.stack([cv2.resize(crop, (width, height), interpolation=cv2.INTER_LINEAR)
                                   for crop in crops])
+            crops = convert_crops(crops, classifier.color)
             out.append(np.log(np.clip(classifier.predict(crops), 1e-12, None))[:, order])
         return np.concatenate(out)
 

@@ -28,6 +28,8 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from wscfer_ros.perception import contract
+
 from .augment import prepare_eval
 from .config import load_config
 from .data import FaceDataset, data_root, load_dataset
@@ -37,7 +39,6 @@ from .model import WSCFERNet, build_model
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KEYS = ("model", "meta", "config")
-META_KEYS = ("class_names", "input_size", "color", "mean", "std")
 
 
 @torch.no_grad()
@@ -80,10 +81,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     if missing:
         raise ValueError(f"{path}: not a wscfer-train best.pt, missing {missing}")
     meta, cfg = checkpoint["meta"], checkpoint["config"]
-    missing = [key for key in META_KEYS if key not in meta]
+    missing = [key for key in contract.KEYS if key not in meta]
     if missing:
         raise ValueError(f"{path}: checkpoint meta lacks {missing}")
-    in_channels = 1 if meta["color"] == "gray" else 3
+    in_channels = contract.channels(meta["color"])
     model = build_model(cfg["model"], len(meta["class_names"]), in_channels)
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval(), meta, cfg

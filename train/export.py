@@ -68,6 +68,8 @@ import torch
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
+from wscfer_ros.perception import contract
+
 from .augment import prepare_eval
 from .data import IMAGE_SUFFIXES, SkipImage, decode_image, data_root, load_dataset
 from .ensemble import Ensemble, parse_peer
@@ -140,7 +142,7 @@ def export(checkpoint: str | Path, output: str | Path, precision: str = "fp32", 
                 "val": measure_val(model, meta, cfg, f"ensemble with {', '.join(name for name, _ in peers)}")}
     metadata = model_metadata(meta, cfg, stored_as, crop_scale)
     height, width = meta["input_size"]
-    channels = 1 if meta["color"] == "gray" else 3
+    channels = contract.channels(meta["color"])
 
     if calibration:
         images = load_images(calibration, height, meta["color"], calibration_count)
@@ -218,38 +220,10 @@ def measure_val(model: torch.nn.Module, meta: dict, cfg: dict, change: str) -> d
 
 def model_metadata(meta: dict, cfg: dict, precision: str, crop_scale: float | None = None) -> dict[str, str]:
     """The ``metadata_props`` of the exported file: the contract's keys, then the training facts."""
-    props = {
-        "class_names": json.dumps(list(meta["class_names"])),
-        "input_size": json.dumps(list(meta["input_size"])),
-        "color": meta["color"],
-        "mean": json.dumps(list(meta["mean"])),
-        "std": json.dumps(list(meta["std"])),
-        "crop_scale": json.dumps(float(crop_scale if crop_scale is not None else meta["crop_scale"])),
-    }
-    val = meta.get("val", {})
-    facts = {
-        "dataset": meta.get("dataset"),
-        "val_dataset": json.dumps(cfg["data"]["val"]) if cfg.get("data", {}).get("val") else None,
-        "epochs": json.dumps(meta["epochs"]) if "epochs" in meta else None,
-        # A run that started from other weights (--init): its epochs are on top of theirs.
-        "init": cfg.get("model", {}).get("init"),
-        "teachers": json.dumps(meta["teachers"]) if meta.get("teachers") else None,
-        "best_epoch": json.dumps(val["epoch"]) if "epoch" in val else None,
-        "val_accuracy": json.dumps(round(val["accuracy"], 4)) if "accuracy" in val else None,
-        "val_mean_recall": json.dumps(round(val["mean_recall"], 4)) if "mean_recall" in val else None,
-        "val_per_class_recall": json.dumps({name: round(recall, 4) for name, recall
-                                            in val["per_class_recall"].items()})
-        if "per_class_recall" in val else None,
-        "loss": meta.get("loss"),
-        "arch": meta.get("arch"),
-        "label_noise": json.dumps(meta["label_noise"]) if "label_noise" in meta else None,
-        "logit_adjustment": json.dumps(meta["logit_adjustment"]) if meta.get("logit_adjustment") else None,
-        "ensemble": json.dumps(meta["ensemble"]) if meta.get("ensemble") else None,
-        "precision": precision,
-        "exported_by": "wscfer-export",
-    }
-    props.update({key: value for key, value in facts.items() if value is not None})
-    return props
+    scale = crop_scale if crop_scale is not None else meta["crop_scale"]
+    return {**contract.Contract.from_meta({**meta, "crop_scale": scale}).to_props(),
+            **contract.training_facts(meta, val_dataset=cfg.get("data", {}).get("val"), init=cfg.get("model", {}).get("init"),
+                             precision=precision)}
 
 
 def store_fp16(model: onnx.ModelProto) -> None:

@@ -45,6 +45,8 @@ import torch.distributed.nn.functional as dist_fn
 import yaml
 from tqdm import tqdm
 
+from wscfer_ros.perception import contract
+
 from .augment import DEFAULTS as AUGMENT_DEFAULTS
 from .augment import Augment
 from .config import DEFAULTS, MEASURED, ConfigError, apply_override, as_yaml, config_help, differences, load_config
@@ -365,7 +367,7 @@ def _train(cfg: dict, resume: bool, signals: StopSignals) -> dict:
         pretrained = cfg["model"]["pretrained"] and pretrained_normalisation(cfg["model"]["arch"], data_cfg["color"])
         data_cfg["mean"], data_cfg["std"] = pretrained or channel_stats(train_set.images)
     class_names = train_set.class_names
-    in_channels = 1 if data_cfg["color"] == "gray" else 3
+    in_channels = contract.channels(data_cfg["color"])
 
     model = build_model(cfg["model"], len(class_names), in_channels)
     if cfg["model"]["pretrained"] and not resume:
@@ -388,8 +390,8 @@ def _train(cfg: dict, resume: bool, signals: StopSignals) -> dict:
     augment = Augment(cfg["augment"], data_cfg["mean"], data_cfg["std"])
     aug_generator = torch.Generator(device=device).manual_seed(seed * 1000 + rank)
 
-    meta = {"class_names": class_names, "input_size": [data_cfg["size"]] * 2, "color": data_cfg["color"],
-            "mean": data_cfg["mean"], "std": data_cfg["std"], "crop_scale": data_cfg["crop_scale"],
+    meta = {**contract.Contract(tuple(class_names), (data_cfg["size"],) * 2, data_cfg["color"], tuple(data_cfg["mean"]),
+                                tuple(data_cfg["std"]), data_cfg["crop_scale"]).to_meta(),
             "dataset": train_set.name, "epochs": optim["epochs"], "loss": loss_cfg["aux"],
             "arch": arch_name(cfg["model"]), "precision_trained": str(amp_dtype or torch.float32).split(".")[-1],
             "label_noise": noise, "teachers": loss_cfg["teachers"],

@@ -18,6 +18,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
 from wscfer_ros.messages import fill_image
+from wscfer_ros.perception.colours import convert
 from wscfer_ros.perception.encoded import IMAGE_SUFFIXES
 from wscfer_ros.ros_process import run_node
 
@@ -77,7 +78,7 @@ def _astronaut() -> np.ndarray:
     except ImportError:
         raise SourceError("source 'astronaut' needs scikit-image (pip install scikit-image)") \
             from None
-    return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    return convert(data.astronaut(), "rgb", "bgr")
 
 
 def open_source(source: str, loop: bool) -> Iterator[np.ndarray]:

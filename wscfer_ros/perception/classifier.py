@@ -1,25 +1,20 @@
 """The expression model: an ONNX file run with ONNX Runtime.
 
-Everything needed to run the model comes from the file itself (the model-file
-contract): input float32 NCHW, output 0 the logits ``[N, C]``, and
-``metadata_props`` holding ``class_names``, ``input_size``, ``color``,
-``mean``, ``std`` and ``crop_scale``.  The contract is checked at load, so a
-wrong file fails at start with a message naming the file, never at the first
-face.
+Everything needed to run the model comes from the file itself: input float32
+NCHW, output 0 the logits ``[N, C]``, and ``metadata_props`` holding the
+model-file contract (``contract.py``).  Both are checked at load, so a wrong
+file fails at start with a message naming the file, never at the first face.
 """
 import ctypes
 import importlib.resources
-import json
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from .colours import convert_crops
-from .crops import COLORS
+from .contract import Contract, ContractError
 
 PROVIDER_CHOICES = ("auto", "cpu", "cuda")
-REQUIRED_METADATA = ("class_names", "input_size", "color", "mean", "std", "crop_scale")
 
 _CPU = "CPUExecutionProvider"
 _CUDA = "CUDAExecutionProvider"
@@ -87,11 +82,18 @@ class Classifier:
                                                                        cuda_unusable)
 
         self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
-        self._read_metadata()
+        try:
+            self.contract = Contract.from_props(self.metadata)
+        except ContractError as error:
+            raise ModelError(f"{self.model_path}: {error}") from error.__cause__
+        self.class_names = list(self.contract.class_names)
+        self.input_size = self.contract.input_size
+        self.color = self.contract.color
+        self.crop_scale = self.contract.crop_scale
         self._check_signature()
         channels = self._input_channels
-        mean = np.asarray(self._mean, np.float32).reshape(1, -1, 1, 1)
-        std = np.asarray(self._std, np.float32).reshape(1, -1, 1, 1)
+        mean = np.asarray(self.contract.mean, np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(self.contract.std, np.float32).reshape(1, -1, 1, 1)
         # (x / 255 - mean) / std folded into one multiply-add per pixel.
         self._scale = np.broadcast_to(1.0 / (255.0 * std), (1, channels, 1, 1)).astype(np.float32)
         self._offset = np.broadcast_to(-mean / std, (1, channels, 1, 1)).astype(np.float32)
@@ -99,14 +101,14 @@ class Classifier:
     def predict(self, crops: np.ndarray) -> np.ndarray:
         """Class probabilities ``[N, C]`` (float32, rows sum to 1) for uint8 crops.
 
-        ``crops`` is ``[N, H, W]`` (gray) or ``[N, H, W, 3]`` (RGB) at
-        ``input_size``; either is converted to the model's colour.
+        ``crops`` are at ``input_size`` in the model's ``color``: ``[N, H, W]``
+        for a gray model, ``[N, H, W, 3]`` (RGB) for an rgb one, as
+        ``crops.crop_faces`` and ``colours.convert_crops`` make them.
         """
         crops = self._checked_crops(crops)
         count = len(crops)
         if count == 0:
             return np.zeros((0, len(self.class_names)), np.float32)
-        crops = convert_crops(crops, self.color)
         pixels = crops[:, None] if crops.ndim == 3 else crops.transpose(0, 3, 1, 2)
         height, width = self.input_size
         batch = np.empty((count, self._input_channels, height, width), np.float32)
@@ -136,38 +138,6 @@ class Classifier:
             if try_cuda:
                 ort.set_default_logger_severity(_ORT_LOG_WARNING)
 
-    def _read_metadata(self) -> None:
-        for key in REQUIRED_METADATA:
-            if key not in self.metadata:
-                raise ModelError(f"{self.model_path}: metadata key '{key}' is missing "
-                                 f"(required: {', '.join(REQUIRED_METADATA)})")
-        self.color = self.metadata["color"].strip()
-        if self.color not in COLORS:
-            raise self._bad("color", f"must be one of {', '.join(COLORS)}")
-
-        class_names = self._json("class_names")
-        if (not isinstance(class_names, list) or not class_names
-                or not all(isinstance(name, str) and name for name in class_names)
-                or len(set(class_names)) != len(class_names)):
-            raise self._bad("class_names", "must be a JSON list of distinct non-empty strings")
-        self.class_names = class_names
-
-        input_size = self._json("input_size")
-        if (not isinstance(input_size, list) or len(input_size) != 2
-                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in input_size)):
-            raise self._bad("input_size", "must be a JSON list [height, width] of positive integers")
-        self.input_size = (input_size[0], input_size[1])
-
-        self._mean = self._json_numbers("mean")
-        self._std = self._json_numbers("std")
-        if any(value <= 0 for value in self._std):
-            raise self._bad("std", "values must be positive")
-
-        crop_scale = self._json("crop_scale")
-        if not _is_number(crop_scale) or crop_scale <= 0:
-            raise self._bad("crop_scale", "must be a positive JSON number")
-        self.crop_scale = float(crop_scale)
-
     def _check_signature(self) -> None:
         model_input = self._session.get_inputs()[0]
         if model_input.type != "tensor(float)" or len(model_input.shape) != 4:
@@ -182,9 +152,10 @@ class Classifier:
             if isinstance(dim, int) and dim != size:
                 raise ModelError(f"{self.model_path}: input {name} is {dim} but metadata "
                                  f"input_size says {size}")
-        for key, values in (("mean", self._mean), ("std", self._std)):
+        for key, values in (("mean", self.contract.mean), ("std", self.contract.std)):
             if len(values) not in (1, channels):
-                raise self._bad(key, f"has {len(values)} values, the model has {channels} channels")
+                raise ModelError(f"{self.model_path}: metadata '{key}' has {len(values)} values, the model has "
+                                 f"{channels} channels: {self.metadata[key]!r}")
 
         output = self._session.get_outputs()[0]
         if len(output.shape) != 2:
@@ -214,30 +185,15 @@ class Classifier:
                              f"{len(batch)} crops x {len(self.class_names)} class_names")
         return logits
 
-    def _json(self, key: str):
-        try:
-            return json.loads(self.metadata[key])
-        except json.JSONDecodeError as error:
-            raise self._bad(key, f"is not valid JSON ({error})") from error
-
-    def _json_numbers(self, key: str) -> list[float]:
-        values = self._json(key)
-        if not isinstance(values, list) or not values or not all(_is_number(v) for v in values):
-            raise self._bad(key, "must be a non-empty JSON list of numbers")
-        return [float(v) for v in values]
-
-    def _bad(self, key: str, problem: str) -> ModelError:
-        return ModelError(f"{self.model_path}: metadata '{key}' {problem}: {self.metadata[key]!r}")
-
     def _checked_crops(self, crops: np.ndarray) -> np.ndarray:
         crops = np.asarray(crops)
         expected = (self.input_size[0], self.input_size[1])
         if crops.dtype != np.uint8:
             raise ValueError(f"crops must be uint8, got {crops.dtype}")
-        layout_ok = crops.ndim == 3 or (crops.ndim == 4 and crops.shape[3] == 3)
-        if not layout_ok or crops.shape[1:3] != expected:
-            raise ValueError(f"crops must be [N, {expected[0]}, {expected[1]}] or "
-                             f"[N, {expected[0]}, {expected[1]}, 3], got {list(crops.shape)}")
+        shape = [expected[0], expected[1]] + ([] if self.color == "gray" else [3])
+        if crops.ndim != len(shape) + 1 or list(crops.shape[1:]) != shape:
+            raise ValueError(f"crops for this {self.color} model must be [N, {', '.join(map(str, shape))}], "
+                             f"got {list(crops.shape)}")
         return crops
 
 
@@ -295,7 +251,3 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted, dtype=np.float32)
     return exp / exp.sum(axis=1, keepdims=True)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)

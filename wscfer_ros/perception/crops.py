@@ -17,8 +17,7 @@ import cv2
 import numpy as np
 
 from .colours import convert_crops
-
-COLORS = ("gray", "rgb")
+from .contract import COLORS
 
 
 def crop_transforms(boxes: np.ndarray, output_size: tuple[int, int], crop_scale: float,
