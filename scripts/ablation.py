@@ -72,13 +72,14 @@ def muxspace_metrics(out: Path) -> dict:
     return {key: metrics[key] for key in ("accuracy", "mean_recall")}
 
 
-def spread(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+def spread(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for one value: a single seed has no spread)."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
 def mean_std(values: list[float]) -> str:
     mean, std = spread(values)
-    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+    return f"{100 * mean:.2f}" if std is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
 def summarise(runs: list[dict], rows: list[tuple], schedule: dict) -> tuple[dict, str]:
@@ -130,6 +131,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", nargs="+", choices=[name for name, _, _ in ROWS], metavar="ROW",
                         help="run only these rows (default: all), e.g. to try a PCL setting: "
                              "--rows WSCFER --out runs/pcl_try loss.lambda_pcl=0.1")
+    parser.add_argument("--report", action="store_true",
+                        help="train nothing: write the table of the runs recorded so far")
     parser.add_argument("overrides", nargs="*", help="extra key=value overrides applied to every run")
     args = parser.parse_args(argv)
     schedule = {"name": args.schedule, "overrides": SCHEDULES[args.schedule] + args.overrides,
@@ -149,7 +152,7 @@ def main(argv=None) -> int:
         runs = recorded["runs"]
 
     # Seed by seed, so that an interrupted table already has every row once.
-    for seed in range(args.seeds):
+    for seed in range(0 if args.report else args.seeds):
         for _, aux, noise in rows:
             name = f"{aux}-noise{noise:g}-seed{seed}"
             if any(run["run"] == name for run in runs):

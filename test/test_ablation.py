@@ -73,6 +73,31 @@ def test_a_missing_run_is_trained_and_recorded_with_its_muxspace_score(ablation,
     assert runs[1]["muxspace"] == {"accuracy": 0.3, "mean_recall": 0.2}
 
 
+def test_report_trains_nothing_and_tables_what_is_recorded(ablation, tmp_path, monkeypatch):
+    monkeypatch.setattr(ablation, "train_run", lambda *args: pytest.fail("--report trained"))
+    record, table = tmp_path / "ablation.json", tmp_path / "table.md"
+    write_record(record, ablation, [recorded_run("none", 0.0, 0, 0.60), recorded_run("none", 0.0, 1, 0.62)])
+
+    assert ablation.main(["--report", "--json", str(record), "--table", str(table),
+                          "--out", str(tmp_path / "runs")]) == 0
+
+    assert [row["row"] for row in json.loads(record.read_text())["rows"]] == ["baseline"]
+    assert "| baseline | 2 | 61.00 ± 1.41 |" in table.read_text()
+
+
+def test_a_row_with_one_seed_has_no_spread(ablation, tmp_path, monkeypatch):
+    monkeypatch.setattr(ablation, "train_run", lambda *args: pytest.fail("the run is recorded"))
+    record, table = tmp_path / "ablation.json", tmp_path / "table.md"
+    write_record(record, ablation, [recorded_run("none", 0.0, 0, 0.60)])
+
+    assert ablation.main(["--rows", "baseline", "--seeds", "1", "--json", str(record), "--table", str(table),
+                          "--out", str(tmp_path / "runs")]) == 0
+
+    (row,) = json.loads(record.read_text())["rows"]
+    assert row["seeds"] == 1 and row["acc_std"] is None and row["acc_mean"] == pytest.approx(0.6)
+    assert "| baseline | 1 | 60.00 | 50.00 |" in table.read_text()
+
+
 def test_a_record_of_another_schedule_is_refused_with_one_line(ablation, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(ablation, "train_run", lambda *args: pytest.fail("trained despite the refusal"))
     record = tmp_path / "ablation.json"
