@@ -653,3 +653,15 @@ def test_help_lists_every_setting_with_its_default_as_text():
     assert "    data.limit = 0\n" in done.stdout and "    optim.epochs = 30\n" in done.stdout
     assert "    augment.rotation = 10.0\n" in done.stdout
     assert "``" not in done.stdout and "DEFAULTS" not in done.stdout and "state_dict" not in done.stdout
+
+
+@pytest.mark.parametrize("override, named", [("augment.rotaton=45", "augment.rotaton"), ("optim.lrr=1", "optim.lrr"),
+                                             ("model.arch=resnet99", "model.arch"), ("loss.aux=foo", "loss.aux"),
+                                             ("optim.epochs=0", "optim.epochs")])
+def test_a_bad_key_or_value_ends_the_run_with_one_line_before_any_data_is_read(tmp_path, caplog, override, named):
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"data": {"train": {"format": "none", "root": "missing"}}}))
+    assert main(["--config", str(config), f"run.out_dir={tmp_path / 'run'}", override]) == 1
+    errors = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert len(errors) == 1 and named in errors[0] and "\n" not in errors[0]
+    assert not (tmp_path / "run").exists()

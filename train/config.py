@@ -163,3 +163,36 @@ def config_help(defaults: dict) -> str:
         lines.append(f"  {section}: {SECTIONS.get(section, '')}".rstrip())
         lines += [f"    {key} = {as_yaml(value)}" for key, value in flatten(values, f"{section}.").items()]
     return "\n".join(lines)
+
+
+def validate(cfg: dict) -> None:
+    """ConfigError naming the first key whose value cannot train: run before any data is read.
+
+    Unknown keys are refused where the configuration is read; this checks
+    what the defaults cannot: the augmentation's keys, the choices of
+    ``data.color``, ``model.arch`` and ``loss.aux``, and the sizes that must
+    be positive.
+    """
+    from wscfer_ros.perception.contract import COLORS
+
+    from .augment import DEFAULTS as AUGMENT_DEFAULTS
+    from .losses import AUX_CHOICES
+    from .model import ARCHS
+
+    if not isinstance(cfg.get("augment"), dict):
+        raise ConfigError(f"augment must be a mapping, got {cfg.get('augment')!r}")
+    for key in cfg["augment"]:
+        if key not in AUGMENT_DEFAULTS:
+            raise ConfigError(f"unknown config key 'augment.{key}' (known here: {', '.join(sorted(AUGMENT_DEFAULTS))})")
+    choices = {"data.color": COLORS, "model.arch": ARCHS, "loss.aux": AUX_CHOICES}
+    for dotted, allowed in choices.items():
+        section, key = dotted.split(".")
+        if cfg[section][key] not in allowed:
+            raise ConfigError(f"{dotted} must be one of {', '.join(allowed)}, got {as_yaml(cfg[section][key])}")
+    for dotted in ("data.size", "optim.batch_size", "optim.epochs"):
+        section, key = dotted.split(".")
+        value = cfg[section][key]
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"{dotted} must be a positive integer, got {as_yaml(value)}")
+    if not isinstance(cfg["optim"]["lr"], (int, float)) or not cfg["optim"]["lr"] > 0:
+        raise ConfigError(f"optim.lr must be a positive number, got {as_yaml(cfg['optim']['lr'])}")

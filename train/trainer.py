@@ -49,7 +49,7 @@ from wscfer_ros.perception import contract
 
 from .augment import DEFAULTS as AUGMENT_DEFAULTS
 from .augment import Augment
-from .config import DEFAULTS, MEASURED, ConfigError, apply_override, as_yaml, config_help, differences, load_config
+from .config import DEFAULTS, MEASURED, ConfigError, apply_override, as_yaml, config_help, differences, load_config, validate
 from .data import DatasetError, Subset, data_root, flip_labels, load_dataset
 from .distill import TeacherError, cached_soft_targets, check_settings
 from .evaluate import evaluate_model
@@ -665,6 +665,7 @@ def main(argv=None) -> int:
     cfg = None
     try:
         cfg = run_config(args)
+        validate(cfg)
         best = train(cfg, resume=bool(args.resume))
     except Interrupted as stop:
         if rank == 0:
