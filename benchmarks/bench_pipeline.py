@@ -129,8 +129,8 @@ def main(argv=None) -> int:
         for mode in modes if frame_set.all_detectors else [default_detector]:
             result = measure(pipelines[mode], frame_set.frames, frame_set.is_video, args.repeat, args.warmup)
             p50, p95, p99 = percentiles(result["totals"])
-            rows.append([frame_set.label, frame_set.faces_by_eye, mode[0], mode[1], len(result["totals"]), f"{result['faces']:.1f}",
-                         ms(p50), ms(p95), ms(p99)] + [ms(result["stages"][stage]) for stage in STAGES])
+            rows.append([frame_set.label, frame_set.faces_by_eye, mode[0], mode[1], len(result["totals"]),
+                         f"{result['faces']:.1f}", ms(p50), ms(p95), ms(p99)] + [ms(result["stages"][stage]) for stage in STAGES])
     print("Pipeline.process per frame (ms; stage columns: median)\n")
     print_table(["frames", "faces by eye", "detector", "tiling", "timed", "faces found", "p50", "p95", "p99"]
                 + [f"{stage} p50" for stage in STAGES], rows)
