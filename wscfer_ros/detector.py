@@ -69,9 +69,11 @@ DETECTOR_MODES = ("auto", "short", "full")
 #: trusted; any lower one (or none at all) sends the frame to the full-range model.
 SHORT_RANGE_TRUST = 0.82
 
-#: In ``"auto"`` mode, after a frame needed the full-range model, this many
-#: following frames go to it directly: a group or a distant face stays in view
-#: for a while, and trying the short-range model first would only add its time.
+#: In ``"auto"`` mode, after a frame where the full-range model found faces the
+#: short-range model did not, this many following frames go to it directly
+#: (and to the short-range model too while that one adds close faces): a group
+#: or a distant face stays in view for a while, and trying the short-range
+#: model first would only add its time.
 FULL_RANGE_HOLD_FRAMES = 15
 
 #: In ``"auto"`` mode, a frame where the short-range model is sure of every
