@@ -232,9 +232,12 @@ class FaceDetector:
         # the short-range model's unsure boxes around the full-range model's faces are oversized copies.
         unsure = [face for face in short_range if face.score < SHORT_RANGE_TRUST]
         close_only = _not_covered(sure, full_range) + _not_covered(unsure, full_range, max_iou=0.0)
+        found_more = bool(_not_covered(full_range, sure))
+        if not holding and not found_more and len(sure) == len(short_range):
+            return short_range      # a probe that found nothing more: the boxes of the frames around it
         if holding:
             self._hold_short_range = self._hold_short_range and bool(close_only)
-        elif len(sure) < len(short_range) or _not_covered(full_range, sure):
+        else:
             # The full-range model found faces the short-range model missed or was unsure of.
             self._full_range_hold = FULL_RANGE_HOLD_FRAMES
             self._hold_short_range = bool(close_only)
