@@ -1,6 +1,6 @@
 """The pipeline alone (detect, crop, classify, track) on the shared media, as a table.
 
-    python benchmarks/bench_pipeline.py [--model FILE] [--repeat 100] [--frames 0]
+    python benchmarks/bench_pipeline.py [--model FILE] [--repeat 100] [--frames 0] [--detector-tiling 0 1]
 
 Times :meth:`wscfer_ros.perception.pipeline.Pipeline.process` per frame, BGR frames in
 as the node gets them from a camera: each photo ``--repeat`` times, and every
@@ -8,7 +8,9 @@ frame of each video once (all frames decoded before timing).  The stage
 columns are the medians of ``FrameResult.timings_ms``; "faces" is the mean
 number found per frame.  Rows "at 640x480" show the frames as a 4:3 camera
 would frame them (centre crop, then resize), the size of the issue's targets.
-The 7-face photos get one row per detector mode.
+The 7-face photos (also at 640x480) and the group selfie of bench_detector_recall.py (one
+close face, six small ones at the edges) get one row per detector mode and
+``--detector-tiling`` level.
 """
 from __future__ import annotations
 
@@ -18,6 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from wscfer_ros.perception.colours import convert
+
+from bench_detector_recall import crowded_frames, real_frames
 from common import (BenchmarkError, PHOTOS, add_model_argument, argument_parser, check_positive, fit_frame,
                     machine_description, ms, percentiles, print_table, read_photo, read_video, resolve_model)
 
@@ -48,7 +53,10 @@ def frame_sets(video_frames: int) -> list[FrameSet]:
                              all_detectors=faces == 7))
         if name == "obama-720p.jpg" or faces == 7:
             sets.append(FrameSet(f"{name} at {width}x{height}", str(faces), [fit_frame(photo, width, height)],
-                                 False))
+                                 False, all_detectors=faces == 7))
+    selfie = next(frame for frame in crowded_frames(real_frames()) if frame.group == "group selfie")
+    sets.append(FrameSet(f"group selfie at {width}x{height}", str(len(selfie.boxes)),
+                         [convert(selfie.image, "rgb", "bgr")], False, all_detectors=True))
     for name, faces in VIDEO_FACES.items():
         frames = read_video(name, limit=video_frames)
         size = f"{frames[0].shape[1]}x{frames[0].shape[0]}"
@@ -90,6 +98,8 @@ def main(argv=None) -> int:
                         help="ONNX Runtime intra-op threads (default 0: its own choice, as the node's default)")
     parser.add_argument("--detectors", nargs="+", default=["auto", "short", "full"],
                         help="detector modes measured on the 7-face photos (default: all three)")
+    parser.add_argument("--detector-tiling", nargs="+", type=int, default=None,
+                        help="detector_tiling levels measured on the 7-face photos (default: the pipeline's)")
     args = parser.parse_args(argv)
     check_positive(parser, "--repeat", args.repeat)
     if args.frames < 0 or args.warmup < 0 or args.threads < 0:
@@ -100,9 +110,12 @@ def main(argv=None) -> int:
 
         model = resolve_model(args.model)
         sets = frame_sets(args.frames)
-        default_detector = PipelineConfig().detector
-        modes = list(dict.fromkeys([default_detector] + args.detectors))
-        pipelines = {mode: Pipeline(PipelineConfig(model_path=str(model), detector=mode, threads=args.threads))
+        default = PipelineConfig()
+        default_detector = default.detector, default.detector_tiling
+        modes = list(dict.fromkeys([default_detector] + [(mode, tiling) for mode in args.detectors
+                                                         for tiling in args.detector_tiling or [default_detector[1]]]))
+        pipelines = {mode: Pipeline(PipelineConfig(model_path=str(model), detector=mode[0], detector_tiling=mode[1],
+                                                   threads=args.threads))
                      for mode in modes}
     except (BenchmarkError, ValueError) as error:   # ValueError: a ModelError, or a bad detector mode
         print(f"bench_pipeline: error: {error}", file=sys.stderr)
@@ -117,10 +130,10 @@ def main(argv=None) -> int:
         for mode in modes if frame_set.all_detectors else [default_detector]:
             result = measure(pipelines[mode], frame_set.frames, frame_set.is_video, args.repeat, args.warmup)
             p50, p95, p99 = percentiles(result["totals"])
-            rows.append([frame_set.label, frame_set.faces_by_eye, mode, len(result["totals"]), f"{result['faces']:.1f}",
-                         ms(p50), ms(p95), ms(p99)] + [ms(result["stages"][stage]) for stage in STAGES])
+            rows.append([frame_set.label, frame_set.faces_by_eye, mode[0], mode[1], len(result["totals"]),
+                         f"{result['faces']:.1f}", ms(p50), ms(p95), ms(p99)] + [ms(result["stages"][stage]) for stage in STAGES])
     print("Pipeline.process per frame (ms; stage columns: median)\n")
-    print_table(["frames", "faces by eye", "detector", "timed", "faces found", "p50", "p95", "p99"]
+    print_table(["frames", "faces by eye", "detector", "tiling", "timed", "faces found", "p50", "p95", "p99"]
                 + [f"{stage} p50" for stage in STAGES], rows)
     print(f"- {TARGETS}")
     for pipeline in pipelines.values():

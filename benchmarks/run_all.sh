@@ -81,6 +81,7 @@ git diff --quiet HEAD 2>/dev/null || COMMIT="$COMMIT (with uncommitted changes)"
 } | tee "$OUTPUT"
 
 run "Classifier alone" bench_classifier.py "${MODEL_ARGS[@]}" "${CLASSIFIER_ARGS[@]}"
+run "Face detector recall" bench_detector_recall.py
 run "Pipeline alone" bench_pipeline.py "${MODEL_ARGS[@]}" "${PIPELINE_ARGS[@]}"
 run "Node end to end" bench_node.py "${MODEL_ARGS[@]}" "${NODE_ARGS[@]}"
 if [ "$SETUP_FER" = 1 ]; then

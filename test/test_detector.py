@@ -3,8 +3,9 @@ import cv2
 import numpy as np
 import pytest
 
-from wscfer_ros.perception.detector import (FULL_RANGE_HOLD_FRAMES, MAX_DETECTION_SIDE, START_UP_NOISE, Detection,
-                                 FaceDetector, _merge, _start_up_noise_dropped)
+from wscfer_ros.perception.detector import (FULL_RANGE_HOLD_FRAMES, FULL_RANGE_PROBE_FRAMES, MAX_DETECTION_SIDE,
+                                            START_UP_NOISE, Detection, FaceDetector, _not_covered,
+                                            _start_up_noise_dropped)
 from wscfer_ros.perception.pipeline import PipelineConfig
 
 
@@ -114,16 +115,16 @@ def test_single_model_modes_find_a_close_face(media_dir, mode):
         detector.close()
 
 
-def test_merge_keeps_full_range_boxes_and_adds_only_new_faces():
+def test_only_short_range_faces_no_full_range_face_covers_are_added():
     full = [Detection((100, 100, 50, 50), 0.8, (110.0, 115.0), (140.0, 115.0))]
     same_face = Detection((98, 102, 54, 54), 0.95, (110.0, 115.0), (140.0, 115.0))
     other_face = Detection((400, 100, 120, 120), 0.9, (430.0, 140.0), (490.0, 140.0))
-    merged = _merge(full, [same_face, other_face])
-    assert merged == [full[0], other_face]
+    assert _not_covered([same_face, other_face], full) == [other_face]
+    assert _not_covered([other_face], []) == [other_face]
 
 
 @pytest.mark.parametrize("kwargs", [{"mode": "tiny"}, {"min_confidence": 1.5}, {"max_faces": 0},
-                                    {"min_face_size": -1}])
+                                    {"min_face_size": -1}, {"tiling": -1}])
 def test_bad_settings_are_rejected(kwargs):
     with pytest.raises(ValueError):
         FaceDetector(**kwargs)
@@ -246,3 +247,49 @@ def test_a_large_frame_reaches_the_models_downscaled_and_its_boxes_come_back_in_
         match = min(enlarged, key=lambda f: abs(f.box[0] / scale - face.box[0]) + abs(f.box[1] / scale - face.box[1]))
         assert np.array(match.box) / scale == pytest.approx(face.box, abs=3)
         assert np.array(match.right_eye) / scale == pytest.approx(face.right_eye, abs=3)
+
+
+def _scripted(monkeypatch, detector, short_faces, full_faces):
+    """Make the detector's two models return these faces; the list of calls it makes."""
+    calls = []
+    monkeypatch.setattr(detector, "_detect_short_range", lambda *args: calls.append("short") or list(short_faces))
+    monkeypatch.setattr(detector, "_detect_full_range", lambda *args: calls.append("full") or list(full_faces))
+    return calls
+
+
+def test_auto_tries_the_full_range_model_now_and_then_beside_a_sure_close_face(monkeypatch):
+    """Distant faces beside a close one are looked for: first frame, then every FULL_RANGE_PROBE_FRAMES."""
+    detector = FaceDetector("auto")
+    close = Detection((200, 100, 220, 220), 0.95, (260.0, 180.0), (360.0, 180.0))
+    calls = _scripted(monkeypatch, detector, [close], [])
+    frame = np.zeros((480, 640, 3), np.uint8)
+    assert all(detector.detect(frame) == [close] for _ in range(2 * FULL_RANGE_PROBE_FRAMES + 3))
+    detector.close()
+    frames_with_full = [index for index, calls_of_frame in enumerate(_frames(calls)) if "full" in calls_of_frame]
+    assert frames_with_full == [0, FULL_RANGE_PROBE_FRAMES + 1, 2 * FULL_RANGE_PROBE_FRAMES + 2]
+
+
+def _frames(calls):
+    """The calls grouped per frame (each frame starts with the short-range model here)."""
+    frames = []
+    for call in calls:
+        if call == "short":
+            frames.append([])
+        frames[-1].append(call)
+    return frames
+
+
+def test_auto_keeps_a_close_face_and_the_distant_faces_beside_it_on_every_frame(monkeypatch):
+    """The full-range model finds the distant faces but not the close one: both models run on every frame
+    (hold or not), and every frame has all three faces."""
+    detector = FaceDetector("auto")
+    close = Detection((200, 100, 220, 220), 0.95, (260.0, 180.0), (360.0, 180.0))
+    distant = [Detection((10, 40, 40, 40), 0.9, (20.0, 55.0), (40.0, 55.0)),
+               Detection((590, 40, 40, 40), 0.9, (600.0, 55.0), (620.0, 55.0))]
+    calls = _scripted(monkeypatch, detector, [close], distant)
+    frame = np.zeros((480, 640, 3), np.uint8)
+    found = [detector.detect(frame) for _ in range(2 * FULL_RANGE_HOLD_FRAMES + 3)]
+    detector.close()
+    assert all(sorted(faces, key=lambda f: f.box) == sorted([close, *distant], key=lambda f: f.box)
+               for faces in found)
+    assert _frames(calls) == [["short", "full"]] * len(found)

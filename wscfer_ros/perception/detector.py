@@ -8,50 +8,48 @@ Two models ship inside the ``mediapipe`` package:
   ``mediapipe.solutions.face_detection``: the Tasks API's graph is built for
   the short-range model's anchors and fails on the full-range file.
 
-Modes: ``"short"``, ``"full"`` and ``"auto"`` (the default).  ``"auto"`` runs
-the short-range model and, when it finds no face or scores any face below
-``SHORT_RANGE_TRUST``, runs the full-range model as well and keeps its faces
-(plus any trusted short-range face it missed); when the full-range model
-finds none, the short-range faces stay: faces filling much of the frame
-(close-ups, portrait crops) are beyond the full-range model, and the
-short-range model often scores them below the trust threshold.  Measured on the shared media
-(mediapipe 0.10.21, 2-core CPU, idle machine, min confidence 0.5; faces
-found, median ms per frame; ``auto`` = short plus full on fallback frames):
+Modes: ``"short"``, ``"full"`` and ``"auto"`` (the default), with the
+faces each finds measured in ``benchmarks/results.md`` ("Face detector
+recall"; ``benchmarks/bench_detector_recall.py``).
 
-====================================  ===========  ===========  ===========
-frame (size, faces by eye)            short        full         auto
-====================================  ===========  ===========  ===========
-obama-720p (1280x720, 1)              1,  4.6 ms   1,  8.7 ms   1,  4.6 ms
-two_people (1126x661, 2)              2,  3.5 ms   2,  8.9 ms   2,  3.5 ms
-obama_and_biden (2000x1428, 3)        0,  7.7 ms   2,  9.2 ms   2, 16.9 ms
-group_2008_007676 (500x334, 7)        2,  3.9 ms   6,  7.6 ms   6, 11.5 ms
-group_2008_004176 (480x438, 7)        1,  2.4 ms   7,  6.6 ms   7,  9.0 ms
-woman2.mp4 (596x336, 1; 155 frames)   155, 3.3 ms  155, 7.8 ms  155, 3.6 ms
-hamilton clip (640x360, 1-8; 92 fr.)  90,  3.3 ms  131, 8.1 ms  126, 7.6 ms
-====================================  ===========  ===========  ===========
+Why faces are missed: the full-range model sees the whole frame shrunk to
+its 192x192 input, so a face narrower than about a tenth of the frame's
+longer side (under about 20 of its pixels) is not found at all, whatever
+the score threshold; the short-range model finds faces that fill a good part
+of the frame (within about 2 m of a webcam) and the full-range model misses
+those that fill much of it.  A close face with small ones beside it (a group
+selfie) needs both.
 
-(Videos: every third frame; auto column: mean.)  A 640x480 close-up runs
-at 2.7 ms in ``auto`` (short only) against about 8 ms or more for ``full``.
+``"auto"`` runs the short-range model, and the full-range model as well
+when the short-range model finds no face or scores one below
+``SHORT_RANGE_TRUST``, and every ``FULL_RANGE_PROBE_FRAMES`` frames.  The
+faces of both are kept together: the full-range model's, each sure
+short-range face none of them covers, and each unsure short-range face that
+overlaps none of them (the short-range model's unsure boxes around
+full-range faces are oversized copies of them).  A frame where the
+full-range model found faces the short-range model did not sends the next
+``FULL_RANGE_HOLD_FRAMES`` frames to it directly, together with the
+short-range model while that one still adds close faces: a group stays in
+view for a while, and a camera watching one pays for the full-range model
+alone (or both, with a close face), not for the short-range model's
+fruitless first try.  The frame after a hold runs both models again.  When
+the full-range model finds nothing, the short-range faces stay: faces
+filling much of the frame (close-ups, portrait crops) are beyond it, and the
+short-range model often scores them below the trust threshold.
 
-Why this works: faces smaller than the short-range model's range come back
-from it with oversized boxes and scores of 0.31-0.80, while faces inside its
-range score 0.84-0.95; the trust threshold sits between the two.  Running
-the full-range model on a downscaled frame saves nothing (7.9 against 8.1
-ms at half size: the network itself dominates).  The price of ``auto``: a
-frame where the short model is sure of every face it reports skips the full
-model, so distant faces beside a close one can be missed (5 of 131 faces on
-the hamilton clip); ``full`` never skips them, at about 8 ms per frame.
-
-A frame that falls back sends the next ``FULL_RANGE_HOLD_FRAMES`` frames
-straight to the full-range model: a group stays in view for a while, so a
-camera watching one pays for the full-range model alone, not for both
-(whole pipeline on the 7-face photos at 640x480: p50 11-12 ms instead of
-16-17 ms, ``benchmarks/bench_pipeline.py``).
+Tiling (``tiling`` level 1 or more, the node's ``detector_tiling``): the
+full-range model also sees square tiles of the frame (:func:`tiles`), each
+shrunk less than the whole frame, so small faces reach it larger; faces
+found in more than one place are kept once (the best score), and a face cut
+by a tile's inner edge is taken from another tile.  Each tile is one more
+run of the full-range model (about as long as the whole frame's), on every
+frame that runs it.
 
 Eye keypoints: the full-range model's follow a rolled head to within about
 4 degrees; the short-range model's barely do (a 25 degree roll reads as
 about 10), so roll alignment is only as good as the full-range keypoints.
 """
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,13 +69,27 @@ DETECTOR_MODES = ("auto", "short", "full")
 #: trusted; any lower one (or none at all) sends the frame to the full-range model.
 SHORT_RANGE_TRUST = 0.82
 
-#: In ``"auto"`` mode, after a frame needed the full-range model, this many
-#: following frames go to it directly: a group or a distant face stays in view
-#: for a while, and trying the short-range model first would only add its time.
+#: In ``"auto"`` mode, after a frame where the full-range model found faces the
+#: short-range model did not, this many following frames go to it directly
+#: (and to the short-range model too while that one adds close faces): a group
+#: or a distant face stays in view for a while, and trying the short-range
+#: model first would only add its time.
 FULL_RANGE_HOLD_FRAMES = 15
 
-#: A short-range face overlapping a full-range face by more than this IoU is
-#: the same face; the full-range box is kept.
+#: In ``"auto"`` mode, a frame where the short-range model is sure of every
+#: face still runs the full-range model once this many frames have gone by
+#: without it: distant faces beside a close one are found within this many frames.
+FULL_RANGE_PROBE_FRAMES = 15
+
+#: With tiling, neighbouring tiles overlap by this fraction of their side, and
+#: a frame gets no tiles when they would be more than MAX_TILE_FRACTION of its
+#: longer side (see :func:`tiles`).
+TILE_OVERLAP = 1 / 3
+MAX_TILE_FRACTION = 0.8
+
+#: Two boxes overlapping by more than this IoU are one face: a short-range face
+#: the full-range model found too (its box is kept), or a face found in two
+#: tiles (the best score is kept).
 DUPLICATE_IOU = 0.3
 
 #: The longer side, in pixels, of what the models are given: a larger frame
@@ -122,14 +134,17 @@ class FaceDetector:
     """Finds faces in RGB frames with the short-range and/or full-range BlazeFace model."""
 
     def __init__(self, mode: str = "auto", min_confidence: float = 0.5, max_faces: int = 10,
-                 min_face_size: int = 16):
+                 min_face_size: int = 16, tiling: int = 0):
         if mode not in DETECTOR_MODES:
             raise ValueError(f"detector must be one of {', '.join(DETECTOR_MODES)}, got {mode!r}")
+        if tiling < 0:
+            raise ValueError(f"tiling must be >= 0, got {tiling}")
         self.mode = mode
+        self.tiling = tiling
         self.min_confidence = None
         self._short_range = None
         self._full_range = None
-        self._full_range_hold = 0    # frames left that skip the short-range model ("auto")
+        self.reset()
         self.set_limits(min_confidence, max_faces, min_face_size)
 
     def set_limits(self, min_confidence: float, max_faces: int, min_face_size: int) -> None:
@@ -170,31 +185,72 @@ class FaceDetector:
     def detect(self, image_rgb: np.ndarray) -> list[Detection]:
         """Faces in a C-contiguous uint8 RGB frame (H x W x 3), best score first.
 
-        In ``"auto"`` mode a frame that falls back to the full-range model
-        sends the next ``FULL_RANGE_HOLD_FRAMES`` frames straight to it.
-        Boxes and eyes are in the pixels of ``image_rgb``, also when it was
-        larger than ``MAX_DETECTION_SIDE`` and the models saw it downscaled.
+        ``"auto"`` runs the short-range model; the full-range model as well
+        when the short-range model finds no face or is unsure of one, and
+        every ``FULL_RANGE_PROBE_FRAMES`` frames (the first frame after
+        :meth:`reset` included) to find distant faces beside close ones.
+        The faces of both are kept together: the full-range model's, plus
+        each sure short-range face that none of them covers.  A frame where
+        the full-range model found faces the short-range model did not sends
+        the next ``FULL_RANGE_HOLD_FRAMES`` frames to the full-range model
+        directly, with the short-range model too while it finds close faces
+        the full-range model misses.  Boxes and eyes are in the pixels of
+        ``image_rgb``, also when it was larger than ``MAX_DETECTION_SIDE``
+        and the models saw it downscaled.
         """
         frame_size = image_rgb.shape[1], image_rgb.shape[0]
         image_rgb = _fit_for_detection(image_rgb)
-        if self.mode == "full" or self._full_range_hold > 0:
-            self._full_range_hold = max(0, self._full_range_hold - 1)
+        if self.mode == "short":
+            faces = self._detect_short_range(image_rgb, frame_size)
+        elif self.mode == "full":
             faces = self._detect_full_range(image_rgb, frame_size)
         else:
-            faces = self._detect_short_range(image_rgb, frame_size)
-            if self.mode == "auto" and (not faces or min(f.score for f in faces) < SHORT_RANGE_TRUST):
-                full_range = self._detect_full_range(image_rgb, frame_size)
-                if full_range:
-                    faces = _merge(full_range, [f for f in faces if f.score >= SHORT_RANGE_TRUST])
-                    self._full_range_hold = FULL_RANGE_HOLD_FRAMES
-                # Else the full-range model saw nothing: it misses faces close to the camera, which the
-                # short-range model finds with scores below the trust threshold; keep those.
+            faces = self._detect_auto(image_rgb, frame_size)
         faces.sort(key=lambda face: face.score, reverse=True)
         return faces[:self.max_faces]
 
+    def _detect_auto(self, image_rgb: np.ndarray, frame_size: tuple[int, int]) -> list[Detection]:
+        holding = self._full_range_hold > 0
+        self._full_range_hold = max(0, self._full_range_hold - 1)
+        short_range = (self._detect_short_range(image_rgb, frame_size)
+                       if not holding or self._hold_short_range else [])
+        sure = [face for face in short_range if face.score >= SHORT_RANGE_TRUST]
+        if not (holding or len(sure) < len(short_range) or not short_range
+                or self._frames_since_full_range >= FULL_RANGE_PROBE_FRAMES):
+            self._frames_since_full_range += 1
+            return short_range
+        # After a hold, the next frame runs both models again: the short-range model alone, sure of a
+        # close face, would never learn that the small faces beside it are still there.
+        self._frames_since_full_range = FULL_RANGE_PROBE_FRAMES if holding else 0
+        full_range = self._detect_full_range(image_rgb, frame_size)
+        if not full_range:
+            # The full-range model misses faces close to the camera, which the short-range model finds
+            # with scores below the trust threshold; keep those.
+            self._hold_short_range = True
+            return short_range
+        # Sure short-range faces the full-range model has not; unsure ones only where it saw nothing at all:
+        # the short-range model's unsure boxes around the full-range model's faces are oversized copies.
+        unsure = [face for face in short_range if face.score < SHORT_RANGE_TRUST]
+        close_only = _not_covered(sure, full_range) + _not_covered(unsure, full_range, max_iou=0.0)
+        found_more = bool(_not_covered(full_range, sure))
+        if not holding and not found_more and len(sure) == len(short_range):
+            return short_range      # a probe that found nothing more: the boxes of the frames around it
+        if holding:
+            self._hold_short_range = self._hold_short_range and bool(close_only)
+        else:
+            # The full-range model found faces the short-range model missed or was unsure of.
+            self._full_range_hold = FULL_RANGE_HOLD_FRAMES
+            self._hold_short_range = bool(close_only)
+        return full_range + close_only
+
     def reset(self) -> None:
-        """Forget what earlier frames showed (the full-range hold), e.g. between unrelated images."""
-        self._full_range_hold = 0
+        """Forget what earlier frames showed (the full-range hold), e.g. between unrelated images.
+
+        The next frame in ``"auto"`` mode runs both models.
+        """
+        self._full_range_hold = 0                       # frames left that go to the full-range model
+        self._hold_short_range = True                   # and to the short-range model as well
+        self._frames_since_full_range = FULL_RANGE_PROBE_FRAMES
 
     def warm_up(self) -> None:
         """Run every loaded model once, so the first real frame is not slow."""
@@ -232,21 +288,45 @@ class FaceDetector:
         return faces
 
     def _detect_full_range(self, image_rgb: np.ndarray, frame_size: tuple[int, int]) -> list[Detection]:
-        """Faces in ``image_rgb`` in the pixels of a frame of ``frame_size`` (width, height)."""
-        width, height = frame_size
-        result = self._full_range.process(image_rgb)
+        """Faces in ``image_rgb`` in the pixels of a frame of ``frame_size`` (width, height).
+
+        With ``tiling`` (a level >= 1), the model also sees the square tiles
+        of :func:`tiles`, and of faces found twice the best score is kept.
+        """
+        height, width = image_rgb.shape[:2]
+        found = self._full_range_boxes(image_rgb)
+        if self.tiling:
+            for left, top, side in tiles(width, height, self.tiling):
+                inner_edges = (left > 0, top > 0, left + side < width, top + side < height)
+                tile = np.ascontiguousarray(image_rgb[top:top + side, left:left + side])
+                for box, score, eyes in self._full_range_boxes(tile):
+                    if not _touches(box, side, inner_edges):   # a face cut by the tile: whole in another
+                        found.append(((box[0] + left, box[1] + top, box[2], box[3]), score,
+                                      [(x + left, y + top) for x, y in eyes]))
+            found = _suppress_duplicates(found)
+        scale_x, scale_y = frame_size[0] / width, frame_size[1] / height
         faces = []
-        for found in result.detections or []:
-            location = found.location_data
-            box = location.relative_bounding_box
-            eyes = location.relative_keypoints[:2]
-            face = self._make_detection(
-                box.xmin * width, box.ymin * height, box.width * width, box.height * height,
-                found.score[0], [(point.x * width, point.y * height) for point in eyes],
-                width, height)
+        for (x, y, w, h), score, eyes in found:
+            face = self._make_detection(x * scale_x, y * scale_y, w * scale_x, h * scale_y, score,
+                                        [(eye_x * scale_x, eye_y * scale_y) for eye_x, eye_y in eyes],
+                                        *frame_size)
             if face is not None:
                 faces.append(face)
         return faces
+
+    def _full_range_boxes(self, image_rgb: np.ndarray) -> list:
+        """The full-range model's faces in ``image_rgb``: ``((x, y, w, h), score, [right eye, left eye])``
+        in its pixels, unclipped."""
+        height, width = image_rgb.shape[:2]
+        result = self._full_range.process(image_rgb)
+        found = []
+        for detection in result.detections or []:
+            location = detection.location_data
+            box = location.relative_bounding_box
+            found.append(((box.xmin * width, box.ymin * height, box.width * width, box.height * height),
+                          detection.score[0],
+                          [(point.x * width, point.y * height) for point in location.relative_keypoints[:2]]))
+        return found
 
     def _make_detection(self, x: float, y: float, w: float, h: float, score: float,
                         eyes: list[tuple[float, float]], frame_width: int,
@@ -290,10 +370,51 @@ def _fit_for_detection(image_rgb: np.ndarray) -> np.ndarray:
     return cv2.resize(image_rgb, size, interpolation=cv2.INTER_AREA)
 
 
-def _merge(full_range: list[Detection], short_range: list[Detection]) -> list[Detection]:
-    """Full-range faces plus the short-range faces none of them covers."""
-    if not full_range or not short_range:
-        return full_range + short_range
-    overlaps = iou_matrix([f.box for f in short_range], [f.box for f in full_range])
-    new_faces = [face for face, overlap in zip(short_range, overlaps.max(axis=1)) if overlap <= DUPLICATE_IOU]
-    return full_range + new_faces
+def tiles(width: int, height: int, level: int) -> list[tuple[int, int, int]]:
+    """The square tiles ``(left, top, side)`` the full-range model also sees at tiling ``level`` (>= 1).
+
+    ``level`` rows of tiles cover the frame's shorter side (one row: tiles as
+    high as a landscape frame); neighbours overlap by a third of their side,
+    so a face up to a third as wide as a tile lies whole in one of them, and
+    larger faces are the whole frame's.  Each tile reaches the model's
+    192x192 input less downscaled than the whole frame: faces a few pixels
+    wide there, which it cannot find, come out larger.  No tiles when a tile
+    would be more than ``MAX_TILE_FRACTION`` of the frame's longer side:
+    hardly larger in the model's input than the whole frame.
+    """
+    side = math.ceil(min(width, height) / (level - (level - 1) * TILE_OVERLAP))
+    if side > MAX_TILE_FRACTION * max(width, height):
+        return []
+
+    def starts(length: int) -> list[int]:
+        count = max(1, math.ceil((length - side) / (side * (1 - TILE_OVERLAP)) - 1e-9) + 1)
+        return [round(index * (length - side) / max(1, count - 1)) for index in range(count)]
+
+    return [(left, top, side) for top in starts(height) for left in starts(width)]
+
+
+def _touches(box, side: int, inner_edges: tuple[bool, bool, bool, bool]) -> bool:
+    """Whether ``box`` (x, y, w, h in a tile of ``side`` pixels) reaches one of the tile's edges that lie
+    inside the frame (left, top, right, bottom)."""
+    x, y, w, h = box
+    reaches = (x <= 1, y <= 1, x + w >= side - 1, y + h >= side - 1)
+    return any(inner and reached for inner, reached in zip(inner_edges, reaches))
+
+
+def _suppress_duplicates(found: list) -> list:
+    """``found`` (``_full_range_boxes`` entries) less each box overlapping a better-scored one by more
+    than DUPLICATE_IOU."""
+    found = sorted(found, key=lambda entry: entry[1], reverse=True)
+    kept = []
+    for entry in found:
+        if not kept or iou_matrix([entry[0]], [k[0] for k in kept]).max() <= DUPLICATE_IOU:
+            kept.append(entry)
+    return kept
+
+
+def _not_covered(faces: list[Detection], others: list[Detection], max_iou: float = DUPLICATE_IOU) -> list[Detection]:
+    """The faces of ``faces`` that no face of ``others`` overlaps by more than ``max_iou`` (IoU)."""
+    if not faces or not others:
+        return list(faces)
+    overlaps = iou_matrix([f.box for f in faces], [f.box for f in others])
+    return [face for face, overlap in zip(faces, overlaps.max(axis=1)) if overlap <= max_iou]

@@ -40,6 +40,10 @@ class PipelineConfig:
     detector: str = _setting("auto", "MediaPipe face detector: 'short' (faces within about 2 m), 'full' "
                                      "(groups and distant faces) or 'auto' (see detector.py)",
                              choices=DETECTOR_MODES)
+    detector_tiling: int = _setting(0, "0: off; 1 or more: the full-range face model also sees square "
+                                       "tiles of the frame (1: as high as the frame, 2: two rows of "
+                                       "them), so small faces reach it larger: more faces found in group "
+                                       "shots, one model run more per tile on the frames it runs on")
     min_detection_confidence: float = _setting(0.5, "minimum face detection score, 0..1",
                                               aliases=("--min-confidence",))
     max_faces: int = _setting(10, "at most this many faces per frame, the most confident first")
@@ -88,7 +92,7 @@ class Pipeline:
     """Frame in, faces with ids and expressions out.
 
     Construction loads and checks the model (raises
-    :class:`~wscfer_ros.classifier.ModelError`) and warms every model up.
+    :class:`~wscfer_ros.perception.classifier.ModelError`) and warms every model up.
     """
 
     def __init__(self, config: PipelineConfig | None = None):
@@ -100,7 +104,8 @@ class Pipeline:
         self._tracker = FaceTracker(self.config.iou_threshold, self.config.max_missed_frames,
                                     self.config.smoothing)
         self._detector = FaceDetector(self.config.detector, self.config.min_detection_confidence,
-                                      self.config.max_faces, self.config.min_face_size)
+                                      self.config.max_faces, self.config.min_face_size,
+                                      self.config.detector_tiling)
         self._crop_scale = self.config.crop_scale or self.classifier.crop_scale
         # Held while a frame is processed, so tune() changes settings between frames.
         self._lock = threading.Lock()
