@@ -53,10 +53,11 @@ class Classifier:
     ``providers`` is ``"auto"`` (CUDA when a session really runs on it, else
     CPU), ``"cpu"`` or ``"cuda"``; ``threads`` sets ONNX Runtime's intra-op
     threads (0 keeps its default).  ``busy_wait`` lets those threads spin
-    between calls, as ONNX Runtime does by default: each call is about 1 ms
-    faster, but at camera rate the threads never rest (at 30 Hz a call then
-    costs about 35 ms of CPU instead of 2.6, ``benchmarks/bench_classifier.py``),
-    taking a core that a robot's other processes need; off by default.  After construction, ``provider`` is the
+    between calls, as ONNX Runtime does by default: each call is a little
+    faster, but at camera rate the threads never rest and a call costs many
+    times its own CPU time (the paced table of ``benchmarks/bench_classifier.py``
+    in ``benchmarks/results.md``), taking a core that a robot's other
+    processes need; off by default.  After construction, ``provider`` is the
     execution provider in use, ``provider_note`` one sentence saying why, and
     ``provider_warning`` is set only when CUDA was asked for explicitly and
     is not in use.
