@@ -1,11 +1,13 @@
 """What a ROS install relies on and this machine cannot run: launch file, package.xml, configs.
 
-The launch file is compiled and read, never imported (launch and launch_ros
-are not installed here); what it names must exist and be installed.
+The launch file is compiled and read (launch and launch_ros are not on PyPI);
+where they are installed, it is also built by them. What it names must exist
+and be installed.
 """
 import ast
 import fnmatch
 import importlib
+import importlib.util
 import sys
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
@@ -115,6 +117,25 @@ def test_launch_file_arguments(launch_tree):
     used = first_arguments("LaunchConfiguration")
     assert {"image", "params_file", "namespace", "fastdds_profile"} <= declared
     assert used == declared, "every argument declared is used, and only those"
+
+
+def test_the_launch_description_builds_with_ros_launch():
+    """On a ROS install: ROS's launch builds the description, with the nodes and arguments read above."""
+    # launch.actions, not launch: this checkout's launch/ folder imports as an empty namespace package.
+    pytest.importorskip("launch.actions", reason="ROS 2's launch is not installed (not on PyPI): "
+                                                 "the tests above read the launch file instead")
+    launch_ros_actions = pytest.importorskip("launch_ros.actions", reason="ROS 2's launch_ros is not installed")
+    spec = importlib.util.spec_from_file_location("wscfer_launch", LAUNCH_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    description = module.generate_launch_description()
+
+    arguments = {argument.name for argument in description.get_launch_arguments()}
+    assert arguments == {"image", "params_file", "namespace", "fastdds_profile", "start_camera", "camera_source"}
+    nodes = [entity for entity in description.entities if isinstance(entity, launch_ros_actions.Node)]
+    assert {node.node_package for node in nodes} == {"wscfer_ros"}
+    assert sorted(node.node_executable for node in nodes) == ["wscfer_camera", "wscfer_node"]
 
 
 def test_launch_file_sets_the_fastdds_profile(launch_tree):
