@@ -29,7 +29,6 @@ import contextlib
 import json
 import os
 import select
-import signal
 import subprocess
 import sys
 import tempfile
@@ -48,12 +47,14 @@ from std_msgs.msg import String
 
 from common import (BenchmarkError, add_model_argument, argument_parser, check_positive, fit_frame,
                     machine_description, ms, percentiles, print_table, read_video, resolve_model)
+from wscfer_ros.child_process import ChildProcess
 
 VIDEO = "woman2.mp4"
 SIZES = ("640x480", "1280x720")
 STARTUP_TIMEOUT_S = 180.0      # MediaPipe import and warm-up on a busy 2-core machine
 MATCH_TIMEOUT_S = 30.0
 SETTLE_TIMEOUT_S = 30.0
+NODE_STOP_TIMEOUT_S = 30.0
 WARMUP_RATE_HZ = 30.0
 # The node's input QoS with the shipped parameters ("sensor_data"): best effort.
 IMAGE_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
@@ -149,44 +150,31 @@ class Observer:
                 for arrival, values in list(self.diagnostics) if arrival > after]
 
 
-class NodeUnderTest:
+class NodeUnderTest(ChildProcess):
     """``wscfer_node`` in a child process, with its log in ``log_path``."""
 
     def __init__(self, ros_args: list[str], env: dict[str, str], log_path: Path):
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.process = subprocess.Popen([sys.executable, "-m", "wscfer_ros.node", "--ros-args", *ros_args],
-                                        stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        super().__init__("node", ros_args, log_path, env)
 
     def check_running(self) -> None:
-        if self.process.poll() is not None:
-            raise BenchmarkError(f"wscfer_node exited with {self.process.returncode}:\n{self.log_tail()}")
+        if not self.running():
+            raise BenchmarkError(f"wscfer_node exited with {self.returncode}:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(self.output().splitlines()[-lines:])
 
     def memory_mb(self) -> tuple[float, float]:
         """Resident memory now and its peak (VmRSS, VmHWM), in MB."""
         fields = {}
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
             key, _, value = line.partition(":")
             fields[key] = value
         return tuple(int(fields[key].split()[0]) / 1024 for key in ("VmRSS", "VmHWM"))
 
     def cpu_seconds(self) -> float:
         # utime and stime: fields 14 and 15 of /proc/<pid>/stat, counted after the ")" of the name.
-        after_name = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        after_name = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(after_name[11]) + int(after_name[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
 
 
 @dataclass
@@ -247,7 +235,7 @@ class Bench:
         try:
             self._start_observer(namespace)
         except Exception:
-            self.node.stop()
+            self.node.stop(NODE_STOP_TIMEOUT_S)
             raise
 
     def _start_observer(self, namespace: str) -> None:
@@ -346,7 +334,7 @@ class Bench:
         self.executor.shutdown()
         self.ros_node.destroy_node()
         rclpy.shutdown(context=self.context)
-        self.node.stop()
+        self.node.stop(NODE_STOP_TIMEOUT_S)
 
 
 def prepare_frames(work: Path, sizes: list[tuple[int, int]], distinct: int) -> dict[tuple[int, int], Path]:

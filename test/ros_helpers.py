@@ -12,8 +12,6 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -30,6 +28,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
+from wscfer_ros.child_process import ChildProcess
 from wscfer_ros.messages import fill_image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -105,38 +104,21 @@ def _environment(settings: dict[str, str]):
                 os.environ[name] = value
 
 
-class NodeProcess:
-    """A ROS executable of this package (``python -m wscfer_ros.<module>``) in a child process."""
+class NodeProcess(ChildProcess):
+    """A ROS executable of this package in a child process, its output in ``log_path``."""
 
     def __init__(self, module: str, ros_args: list[str], log_path: Path):
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", f"wscfer_ros.{module}", "--ros-args", *ros_args],
-            stdout=self._log, stderr=subprocess.STDOUT)
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def running(self) -> bool:
-        return self.process.poll() is None
+        super().__init__(module, ros_args, log_path)
 
     def wait(self, timeout: float = STARTUP_TIMEOUT_S) -> int:
-        try:
-            return self.process.wait(timeout)
-        finally:
-            self._log.close()
+        return super().wait(timeout)
 
     def stop(self, signum: int = signal.SIGINT, timeout: float = REPLY_TIMEOUT_S) -> int:
-        """Send ``signum`` and return the exit status (killed if it does not exit in time)."""
-        if self.running():
-            self.process.send_signal(signum)
-        try:
-            return self.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        """Send ``signum`` and return the exit status; a process that had to be killed fails the test."""
+        status = super().stop(timeout, signum)
+        if status is None:
             raise AssertionError(f"process did not exit after signal {signum}:\n{self.output()}")
+        return status
 
 
 class RosClient:
@@ -164,7 +146,7 @@ class RosClient:
         while not condition():
             for process in processes:
                 if not process.running():
-                    raise AssertionError(f"{_say(what)}: node exited with {process.process.returncode}:"
+                    raise AssertionError(f"{_say(what)}: node exited with {process.returncode}:"
                                          f"\n{process.output()}")
             if time.monotonic() > deadline:
                 logs = "\n".join(process.output() for process in processes)

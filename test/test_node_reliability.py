@@ -364,10 +364,10 @@ def test_deactivate_activate_cycles_leak_nothing(start_node, connect, client, fr
         for stamp in range(1, 4):   # warm up: allocator pools, DDS endpoints
             cycle(1)
             answer(stamp)
-        before = process_resources(process.process.pid)
+        before = process_resources(process.pid)
         cycle(LIFECYCLE_CYCLES)
         answer(100)
-        after = process_resources(process.process.pid)
+        after = process_resources(process.pid)
     finally:
         manager.close()
         assert process.stop() == 0

@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -28,6 +27,7 @@ from rclpy.signals import SignalHandlerOptions
 from std_msgs.msg import String
 
 from wscfer_ros import resources
+from wscfer_ros.child_process import ChildProcess
 
 STOP_TIMEOUT_S = 10.0
 
@@ -62,22 +62,6 @@ def webcam_works() -> bool:
         capture.release()
 
 
-def start(executable: str, ros_args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", f"wscfer_ros.{executable}", "--ros-args",
-                             *ros_args])
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Ask the child to exit like Ctrl-C does; kill it if it does not."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-    try:
-        process.wait(STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 def describe(expressions: dict) -> str:
     """One line for one message on ``expressions``."""
     faces = [f"face {face['id']} {face['label']} {face['score']:.2f} box {face['box']}"
@@ -105,16 +89,16 @@ def main(argv=None) -> int:
     listener = rclpy.create_node("wscfer_demo")
     listener.create_subscription(
         String, "expressions", lambda msg: print(describe(json.loads(msg.data)), flush=True), 10)
-    children = {"wscfer_node": start("node", node_args),
-                "wscfer_camera": start("camera", ["-p", f"source:={source}",
-                                                  "-p", f"rate:={args.rate}"])}
+    children = {"wscfer_node": ChildProcess("node", node_args),
+                "wscfer_camera": ChildProcess("camera", ["-p", f"source:={source}",
+                                                         "-p", f"rate:={args.rate}"])}
     executor = SingleThreadedExecutor()
     executor.add_node(listener)
     deadline = time.monotonic() + args.duration if args.duration else float("inf")
     exit_status = 0
     try:
         while time.monotonic() < deadline and not stop_requested.is_set():
-            stopped = {name: p.returncode for name, p in children.items() if p.poll() is not None}
+            stopped = {name: child.returncode for name, child in children.items() if not child.running()}
             if stopped:
                 for name, status in stopped.items():
                     print(f"{name} exited with status {status}", file=sys.stderr)
@@ -124,8 +108,8 @@ def main(argv=None) -> int:
     except BrokenPipeError:   # the reader went away (e.g. `| head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
-        for process in children.values():
-            stop(process)
+        for child in children.values():
+            child.stop(STOP_TIMEOUT_S)
         executor.shutdown()
         listener.destroy_node()
         rclpy.shutdown()
