@@ -144,7 +144,8 @@ def test_objective_gradients_finite_for_a_small_last_batch(aux):
     assert torch.isfinite(loss)
     assert torch.isfinite(logits.grad).all()
     assert (u.grad is None) if aux == "none" else torch.isfinite(u.grad).all()
-    assert "cls" in parts and (aux != "wscfer" or "pcl" in parts)
+    assert list(parts) == ["cls", "kd", "aux", "pcl"] and parts["kd"] is None
+    assert (parts["aux"] is None) == (aux == "none") and (parts["pcl"] is None) == (aux != "wscfer")
 
 
 def test_large_similarities_stay_finite():

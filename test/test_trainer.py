@@ -18,10 +18,12 @@ import torch
 import yaml
 
 from wscfer_train import distill
+from wscfer_train.checkpoint import BEST_KEYS, ROLLING_KEYS, Checkpoints, atomic_save
 from wscfer_train.config import DEFAULTS, ConfigError, as_yaml, flatten, load_config
+from wscfer_train.evaluate import load_checkpoint
 from wscfer_train.losses import objective
 from wscfer_train.model import build_model, load_init
-from wscfer_train.trainer import CSV_FIELDS, Checkpoints, atomic_save, autocast_dtype, main, open_metrics_csv, train
+from wscfer_train.trainer import CSV_FIELDS, autocast_dtype, main, open_metrics_csv, train
 
 CLASSES = ["angry", "happy", "sad"]
 TINY_MODEL = {"arch": "resnet10", "width": 8, "stem": "imagenet", "pretrained": False, "proj_dim": 16, "init": None}
@@ -122,12 +124,18 @@ def test_tiny_model_overfits_one_batch():
 
 
 def test_training_run_writes_metrics_best_checkpoint_and_csv(tiny_config, tmp_path):
+    given = json.loads(json.dumps(tiny_config))
     best = train(tiny_config)
+    assert tiny_config == given, "train() leaves the caller's settings as they were"
     run = tmp_path / "run"
     assert 0.0 <= best["accuracy"] <= 1.0
-    rows = (run / "metrics.csv").read_text().strip().splitlines()
-    assert len(rows) == 1 + 2 and rows[0].startswith("epoch,step,lr,loss")
+    with open(run / "metrics.csv", newline="") as table:
+        rows = list(csv.DictReader(table))
+    assert [row["epoch"] for row in rows] == ["1", "2"] and list(rows[0]) == CSV_FIELDS
+    for row in rows:    # loss.aux wscfer: cross-entropy, the WSC term and PCL, no distillation
+        assert all(float(row[key]) > 0 for key in ("loss", "cls", "aux", "pcl", "images_per_s")) and row["kd"] == ""
     saved = torch.load(run / "best.pt", weights_only=True)
+    assert saved["config"]["data"]["mean"] is not None and saved["config"]["data"]["std"] is not None
     assert saved["meta"]["class_names"] == CLASSES and saved["meta"]["input_size"] == [24, 24]
     assert saved["meta"]["class_counts"] == [8, 8, 8]      # the prior wscfer-export --logit-adjustment uses
     assert len(list((run / "checkpoints").glob("ckpt-*.pt"))) == 2
@@ -246,11 +254,12 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint_intact(tmp_path, mo
 
 def test_every_file_the_trainer_writes_loads_weights_only(reference_run):
     run = Path(reference_run[0]["run"]["out_dir"])
-    files = [run / "best.pt", *sorted((run / "checkpoints").iterdir())]
-    assert len(files) == 3
-    for path in files:
+    rolling = sorted((run / "checkpoints").iterdir())
+    assert len(rolling) == 2
+    for path, keys in [(run / "best.pt", BEST_KEYS)] + [(path, ROLLING_KEYS) for path in rolling]:
         state = torch.load(path, weights_only=True)    # no allow-list: plain tensors and Python values
-        assert {"model", "meta", "config"} <= state.keys(), path
+        assert tuple(state) == keys, path
+        assert load_checkpoint(path)[1]["class_names"] == CLASSES, "a rolling checkpoint reads as a best.pt"
     assert not list(run.rglob("*.tmp"))
 
 

@@ -31,15 +31,13 @@ from tqdm import tqdm
 from wscfer_ros.perception import contract
 
 from .augment import prepare_eval
+from .checkpoint import load_best
 from .config import load_config
 from .data import FaceDataset, data_root, load_dataset
 from .metrics import confusion_matrix, summarize
 from .model import WSCFERNet, build_model
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_KEYS = ("model", "meta", "config")
-
 
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, images: np.ndarray, mean, std, batch_size: int,
@@ -63,30 +61,10 @@ def evaluate_model(model, dataset, mean, std, batch_size: int, device) -> dict:
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[WSCFERNet, dict, dict]:
-    """The network of a ``best.pt`` in eval mode, its ``meta`` and its training config.
-
-    Loaded with ``weights_only=True``: reading a checkpoint never runs code
-    from it.  A rolling training checkpoint (``checkpoints/ckpt-*.pt``) loads
-    too; any other file is refused with a message pointing at ``best.pt``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except Exception as error:  # torch raises several types for a corrupt or non-weights file
-        raise ValueError(f"{path}: cannot be read as a weights-only checkpoint ({str(error).splitlines()[0]}); "
-                         "export and evaluate the run's best.pt, written by wscfer-train") from error
-    missing = [key for key in CHECKPOINT_KEYS if not isinstance(checkpoint, dict) or key not in checkpoint]
-    if missing:
-        raise ValueError(f"{path}: not a wscfer-train best.pt, missing {missing}")
-    meta, cfg = checkpoint["meta"], checkpoint["config"]
-    missing = [key for key in contract.KEYS if key not in meta]
-    if missing:
-        raise ValueError(f"{path}: checkpoint meta lacks {missing}")
-    in_channels = contract.channels(meta["color"])
-    model = build_model(cfg["model"], len(meta["class_names"]), in_channels)
-    model.load_state_dict(checkpoint["model"])
+    """The network of a ``best.pt`` (format: ``checkpoint.py``) in eval mode, its ``meta`` and its training config."""
+    weights, meta, cfg = load_best(path, device)
+    model = build_model(cfg["model"], len(meta["class_names"]), contract.channels(meta["color"]))
+    model.load_state_dict(weights)
     return model.to(device).eval(), meta, cfg
 
 

@@ -140,6 +140,9 @@ CONTRASTIVE_LOSSES = {"wsc": wsc_loss, "simclr": simclr_loss, "supcon": supcon_l
 AUX_CHOICES = ("none", "simclr", "supcon", "wsc", "wscfer")
 
 
+PARTS = ("cls", "kd", "aux", "pcl")
+
+
 def objective(logits, u, labels, pair, anchors, loss_cfg: dict,
               teacher_probs: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L = L_cls + lambda_aux * L_aux, plus lambda_pcl * L_pcl for ``aux: wscfer``.
@@ -151,13 +154,16 @@ def objective(logits, u, labels, pair, anchors, loss_cfg: dict,
     from all ranks); ``anchors`` indexes the local ones, which alone enter
     L_cls and act as anchors.  ``loss_cfg`` holds ``aux`` (one of
     AUX_CHOICES), ``tau``, ``tau_c``, ``lambda_aux``, ``lambda_pcl`` and
-    ``label_smoothing``.  Returns the loss and its detached parts for logging.
+    ``label_smoothing``.  Returns the loss and its detached parts for logging,
+    under the keys of PARTS: ``cls``, ``kd`` (distillation), ``aux`` (the
+    contrastive term) and ``pcl``, None for a term the loss does not have.
     """
     aux = loss_cfg["aux"]
     if aux not in AUX_CHOICES:
         raise ValueError(f"loss.aux must be one of {AUX_CHOICES}, got {aux!r}")
     loss = classification_loss(logits[anchors], labels[anchors], loss_cfg.get("label_smoothing", 0.0))
-    parts = {"cls": loss.detach()}
+    parts = dict.fromkeys(PARTS)
+    parts["cls"] = loss.detach()
     if teacher_probs is not None:
         kd = distillation_loss(logits[anchors], teacher_probs, loss_cfg["distill_temperature"])
         loss = (1.0 - loss_cfg["distill_weight"]) * loss + loss_cfg["distill_weight"] * kd
@@ -166,7 +172,7 @@ def objective(logits, u, labels, pair, anchors, loss_cfg: dict,
         contrastive = CONTRASTIVE_LOSSES["wsc" if aux == "wscfer" else aux]
         aux_loss = contrastive(u, labels, pair, anchors, tau=loss_cfg["tau"])
         loss = loss + loss_cfg["lambda_aux"] * aux_loss
-        parts[aux if aux != "wscfer" else "wsc"] = aux_loss.detach()
+        parts["aux"] = aux_loss.detach()
     if aux == "wscfer":
         consistency = pcl_loss(u, logits, labels, pair, anchors, tau=loss_cfg["tau"], tau_c=loss_cfg.get("tau_c"))
         loss = loss + loss_cfg["lambda_pcl"] * consistency

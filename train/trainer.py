@@ -17,14 +17,13 @@ with the configuration saved in the run folder; settings given again must
 agree with it (``config.differences``) unless ``--allow-changes``. A new run
 never overwrites a folder that holds checkpoints. SIGINT or SIGTERM during
 the steps saves a checkpoint at the current step and exits 130 / 143 with the
-command that resumes. A checkpoint is written to a temporary file and renamed,
-so a crash or ``kill -9`` never leaves half of one; a corrupt one is reported
-and the one before it used. Every file the trainer writes loads with
-``torch.load(weights_only=True)``.
+command that resumes. What the checkpoints hold, and how they are written so
+that a crash or ``kill -9`` never leaves half of one: ``checkpoint.py``.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import logging
@@ -36,6 +35,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,13 +47,15 @@ from tqdm import tqdm
 
 from wscfer_ros.perception import contract
 
+from . import checkpoint
 from .augment import DEFAULTS as AUGMENT_DEFAULTS
 from .augment import Augment
+from .checkpoint import CheckpointError, Checkpoints, write_text_atomic
 from .config import DEFAULTS, MEASURED, ConfigError, apply_override, as_yaml, config_help, differences, load_config, validate
 from .data import DatasetError, Subset, data_root, flip_labels, load_dataset
 from .distill import TeacherError, cached_soft_targets, check_settings
 from .evaluate import evaluate_model
-from .losses import objective
+from .losses import PARTS, objective
 from .model import arch_name, build_model, load_init, load_pretrained, pretrained_normalisation
 
 log = logging.getLogger("wscfer_train")
@@ -80,6 +82,8 @@ def setup_device(train_cfg: dict) -> tuple[int, int, torch.device]:
         dist.init_process_group("nccl" if use_cuda else "gloo")
     if train_cfg["threads"]:
         torch.set_num_threads(train_cfg["threads"])
+    if rank > 0:   # one rank tells the user what happens: the others say only what goes wrong
+        log.setLevel(logging.WARNING)
     return rank, world, device
 
 
@@ -109,7 +113,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_data(cfg: dict, rank: int):
+def load_data(cfg: dict):
     """Training and validation sets, with the configured label noise applied to training."""
     data = cfg["data"]
     root = data_root()
@@ -124,12 +128,11 @@ def load_data(cfg: dict, rank: int):
         train.labels, flipped = flip_labels(train.labels, data["label_noise"], len(train.class_names),
                                             data["noise_seed"])
         noise["flipped"] = int(flipped.sum())
-    if rank == 0:
-        log.info("train: %s", train.summary())
-        log.info("val: %s", val.summary())
-        if noise["flipped"]:
-            log.info("label noise: %d of %d training labels flipped (seed %d)",
-                     noise["flipped"], len(train.labels), data["noise_seed"])
+    log.info("train: %s", train.summary())
+    log.info("val: %s", val.summary())
+    if noise["flipped"]:
+        log.info("label noise: %d of %d training labels flipped (seed %d)",
+                 noise["flipped"], len(train.labels), data["noise_seed"])
     return train, val, noise
 
 
@@ -158,94 +161,7 @@ def warmup_cosine(total_steps: int, warmup_steps: int):
     return factor
 
 
-# ---------------------------------------------------------------- checkpoints
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def atomic_save(obj, path: Path) -> None:
-    """Write to a temporary file in the same folder, flush it to disk, then rename over ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-class CheckpointError(RuntimeError):
-    """The run folder does not allow what was asked: nothing to resume, or a run a new one would overwrite."""
-
-
-class Checkpoints:
-    """Rolling training checkpoints ``ckpt-<step>.pt``: the newest ``keep`` are kept."""
-
-    def __init__(self, folder: Path, keep: int):
-        self.folder, self.keep = folder, keep
-        folder.mkdir(parents=True, exist_ok=True)
-
-    def paths(self) -> list[Path]:
-        return sorted(self.folder.glob("ckpt-*.pt"))
-
-    def save(self, state: dict) -> Path:
-        path = self.folder / f"ckpt-{state['global_step']:09d}.pt"
-        atomic_save(state, path)
-        # A process killed while saving leaves its temporary file behind; nothing reads it.
-        for old in self.paths()[: -self.keep] + list(self.folder.glob("ckpt-*.pt.tmp")):
-            old.unlink()
-        return path
-
-    def load_newest(self, device) -> tuple[Path, dict] | None:
-        """The newest checkpoint that loads (weights-only) and its path; None when there is none at all.
-
-        An unreadable checkpoint is reported and the previous one tried; when
-        none of them loads, CheckpointError names them all.
-        """
-        paths = self.paths()
-        for path in reversed(paths):
-            try:
-                state = torch.load(path, map_location=device, weights_only=True)
-            except Exception as error:  # torch raises many types for a truncated or corrupt file
-                log.warning("checkpoint %s (%d bytes) is unreadable, skipped: %s", path, path.stat().st_size,
-                            _reason(error))
-                continue
-            return path, state
-        if paths:
-            raise CheckpointError(f"--resume: none of the checkpoints in {self.folder} is readable "
-                                  f"({', '.join(path.name for path in paths)}); move them away to start "
-                                  "the run from scratch")
-        return None
-
-
-def _reason(error: Exception) -> str:
-    """One line for a failed torch.load: torch wraps the unpickler's complaint in a paragraph of advice."""
-    detail = str(error).partition("WeightsUnpickler error:")[2] or str(error)
-    first = detail.strip().split("\n")[0].split(". ")[0]
-    return f"{type(error).__name__}: {first}" if first else type(error).__name__
-
-
-def rng_states(aug_generator: torch.Generator) -> dict:
-    """Every random generator training draws from, as tensors and plain values (weights-only loadable)."""
-    _, key, pos, has_gauss, gauss = np.random.get_state()
-    return {"augment": aug_generator.get_state(), "torch": torch.get_rng_state(),
-            "numpy": {"key": torch.from_numpy(key.astype(np.int64)), "pos": pos, "has_gauss": has_gauss,
-                      "gauss": gauss},
-            "python": random.getstate()}
-
-
-def restore_rng(states: dict, aug_generator: torch.Generator) -> None:
-    """Set the generators to the states :func:`rng_states` saved."""
-    aug_generator.set_state(states["augment"].cpu())
-    torch.set_rng_state(states["torch"].cpu())
-    numpy = states["numpy"]
-    np.random.set_state(("MT19937", numpy["key"].cpu().numpy().astype(np.uint32), numpy["pos"],
-                         numpy["has_gauss"], numpy["gauss"]))
-    random.setstate(states["python"])
-
+# ---------------------------------------------------------------- the run folder
 
 def position(epoch: int, step: int, epochs: int, steps_per_epoch: int) -> str:
     """Where a run stands, as the epoch it runs next: "epoch 2/20 with 310 of its 449 steps done"."""
@@ -254,11 +170,108 @@ def position(epoch: int, step: int, epochs: int, steps_per_epoch: int) -> str:
     return f"epoch {epoch + 1}/{epochs} with {step} of its {steps_per_epoch} steps done"
 
 
-def checkpoint_due(train_cfg: dict, global_step: int, last_save: float) -> bool:
-    """Whether a mid-epoch checkpoint is due after ``global_step`` steps (``train.checkpoint_*``)."""
-    every = train_cfg["checkpoint_steps"]
-    return (bool(every) and global_step % every == 0) or \
-        time.monotonic() - last_save > 60 * train_cfg["checkpoint_minutes"]
+class RunFolder:
+    """What a run keeps in ``run.out_dir``: ``config.yaml``, ``run.json``, ``metrics.csv``, ``tb/``,
+    ``checkpoints/`` and ``best.pt`` (their format: ``checkpoint.py``).
+
+    Under torchrun only rank 0 writes (``writes``); every rank reads the
+    checkpoint it resumes from.
+    """
+
+    def __init__(self, path: Path, keep: int, writes: bool):
+        self.path, self.writes = path, writes
+        self.checkpoints = Checkpoints(path / "checkpoints", keep)
+        self.saved = None    # (path, epoch, step) of the newest checkpoint this process wrote
+        self.last_save = time.monotonic()
+        self._csv = self._table = self._tensorboard = None
+
+    def resume_point(self, resume: bool, device) -> tuple[Path, dict] | None:
+        """The checkpoint to continue from and its path, None for a new run; what cannot be done is refused."""
+        if not resume:
+            if self.checkpoints.paths():
+                raise CheckpointError(f"{self.path} already holds a run (up to {self.checkpoints.paths()[-1].name}): "
+                                      f"continue it with --resume {self.path}, or give the new run another "
+                                      "run.out_dir")
+            return None
+        found = self.checkpoints.load_newest(device)
+        if found is None:
+            raise CheckpointError(f"--resume: {self.path} has no checkpoint yet (the run stopped before its first "
+                                  "one); start it again without --resume")
+        return found
+
+    def start(self, cfg: dict, summary: dict, completed_epochs: int) -> None:
+        """Write the settings and the data summary; open the metrics of the ``completed_epochs`` for appending."""
+        if not self.writes:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        # Atomic: under torchrun the other ranks may be reading config.yaml for --resume.
+        write_text_atomic(self.path / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+        write_text_atomic(self.path / "run.json", json.dumps(summary, indent=2))
+        from torch.utils.tensorboard import SummaryWriter   # here: importing it takes seconds, and only rank 0 needs it
+        self._tensorboard = SummaryWriter(str(self.path / "tb"))
+        self._csv = open_metrics_csv(self.path / "metrics.csv", completed_epochs)
+        self._table = csv.DictWriter(self._csv, CSV_FIELDS)
+
+    def checkpoint_due(self, train_cfg: dict, global_step: int) -> bool:
+        """Whether a mid-epoch checkpoint is due after ``global_step`` steps (``train.checkpoint_*``)."""
+        every = train_cfg["checkpoint_steps"]
+        return (bool(every) and global_step % every == 0) or \
+            time.monotonic() - self.last_save > 60 * train_cfg["checkpoint_minutes"]
+
+    def save_checkpoint(self, state: dict) -> None:
+        if self.writes:
+            self.saved = self.checkpoints.save(state), state["epoch"], state["step"]
+        self.last_save = time.monotonic()
+
+    def save_best(self, model: torch.nn.Module, meta: dict, cfg: dict) -> None:
+        if self.writes:
+            checkpoint.save_best(self.path / "best.pt", model, meta, cfg)
+
+    def record_epoch(self, row: dict, epochs: int) -> None:
+        """One row of ``metrics.csv``, its scalars in TensorBoard, and one log line."""
+        log.info("epoch %d/%d  loss %.4f  val acc %.4f  mean recall %.4f  %.0f img/s", row["epoch"], epochs,
+                 row["loss"], row["val_accuracy"], row["val_mean_recall"], row["images_per_s"])
+        if not self.writes:
+            return
+        self._table.writerow(row)
+        self._csv.flush()
+        for key in ("loss", *PARTS, "lr", "images_per_s", "val_accuracy", "val_mean_recall"):
+            if row[key] is not None:
+                self._tensorboard.add_scalar(key, row[key], row["step"])
+
+    def where_saved(self, epochs: int, steps_per_epoch: int) -> str:
+        if self.saved is None:
+            return "nothing new to save"
+        path, epoch, step = self.saved
+        return f"saved {path} ({position(epoch, step, epochs, steps_per_epoch)})"
+
+    def close(self, best: dict, finished: bool) -> None:
+        if not self.writes:
+            return
+        self._tensorboard.close()
+        self._csv.close()
+        if finished:   # best.json marks a finished run (scripts/ablation.py skips those)
+            (self.path / "best.json").write_text(json.dumps(best, indent=2))
+
+
+def open_metrics_csv(path: Path, completed_epochs: int):
+    """``metrics.csv`` open for appending, holding only the rows of the first ``completed_epochs``.
+
+    A run killed after writing an epoch's row but before saving that epoch's
+    checkpoint repeats the epoch when resumed; its old row goes, so every
+    epoch has one row.  A fresh run (0 completed epochs) starts a new file.
+    """
+    kept = []
+    if path.exists():
+        with open(path, newline="") as existing:
+            kept = [row for row in csv.DictReader(existing) if int(row["epoch"]) <= completed_epochs]
+    partial = path.with_name(path.name + ".tmp")
+    with open(partial, "w", newline="") as rewritten:
+        table = csv.DictWriter(rewritten, CSV_FIELDS)
+        table.writeheader()
+        table.writerows(kept)
+    os.replace(partial, path)
+    return open(path, "a", newline="")
 
 
 # ---------------------------------------------------------------- stopping
@@ -331,192 +344,231 @@ def gather(tensor: torch.Tensor, world: int, differentiable: bool) -> torch.Tens
     return torch.cat(parts)
 
 
+@dataclass
+class Training:
+    """The objects the training steps change, and how a step computes."""
+    model: torch.nn.Module
+    net: torch.nn.Module               # the model, inside DistributedDataParallel when there are several ranks
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    augment: Augment
+    aug_generator: torch.Generator
+    amp_dtype: torch.dtype | None
+
+
+def build_training(cfg: dict, n_classes: int, steps_per_epoch: int, rank: int, world: int, device: torch.device,
+                   fresh: bool) -> Training:
+    """The model (from its pretrained or ``model.init`` start when ``fresh``), optimiser, schedule, augmentation."""
+    data_cfg, optim = cfg["data"], cfg["optim"]
+    model = build_model(cfg["model"], n_classes, contract.channels(data_cfg["color"]))
+    if fresh and cfg["model"]["pretrained"]:
+        load_pretrained(model)
+    if fresh and cfg["model"]["init"]:
+        load_init(model, cfg["model"]["init"])
+    model.to(device)
+    optimizer = make_optimizer(model, optim)
+    schedule = warmup_cosine(optim["epochs"] * steps_per_epoch, int(optim["warmup_epochs"] * steps_per_epoch))
+    amp_dtype = autocast_dtype(cfg["train"]["amp"], device)
+    return Training(model=model, net=torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model,
+                    optimizer=optimizer, scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
+                    scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
+                    augment=Augment(cfg["augment"], data_cfg["mean"], data_cfg["std"]),
+                    aug_generator=torch.Generator(device=device).manual_seed(cfg["run"]["seed"] * 1000 + rank),
+                    amp_dtype=amp_dtype)
+
+
+def model_meta(cfg: dict, train_set, noise: dict, amp_dtype: torch.dtype | None) -> dict:
+    """What ``best.pt`` carries into the model file: the contract, and the facts of this training."""
+    data_cfg, class_names = cfg["data"], train_set.class_names
+    terms = contract.Contract(tuple(class_names), (data_cfg["size"],) * 2, data_cfg["color"],
+                              tuple(data_cfg["mean"]), tuple(data_cfg["std"]), data_cfg["crop_scale"])
+    return {**terms.to_meta(), "dataset": train_set.name, "epochs": cfg["optim"]["epochs"],
+            "loss": cfg["loss"]["aux"], "arch": arch_name(cfg["model"]),
+            "precision_trained": str(amp_dtype or torch.float32).split(".")[-1], "label_noise": noise,
+            "teachers": cfg["loss"]["teachers"],
+            "class_counts": np.bincount(train_set.labels, minlength=len(class_names)).tolist()}
+
+
+def fill_normalisation(cfg: dict, images: np.ndarray) -> None:
+    """Set ``data.mean`` / ``data.std`` where they are null: the pretrained backbone's, else the images' own."""
+    data_cfg, model_cfg = cfg["data"], cfg["model"]
+    if data_cfg["mean"] is None or data_cfg["std"] is None:
+        pretrained = model_cfg["pretrained"] and pretrained_normalisation(model_cfg["arch"], data_cfg["color"])
+        data_cfg["mean"], data_cfg["std"] = pretrained or channel_stats(images)
+
+
+def steps_in_epoch(n_images: int, batch: int, world: int) -> int:
+    """Steps of ``batch`` images per rank in one pass over the data (the remainder waits for the next epoch)."""
+    if n_images < batch * world:
+        raise ValueError(f"{n_images} training images are fewer than one batch of {batch * world}")
+    return n_images // (batch * world)
+
+
+def teacher_targets(cfg: dict, run_dir: Path, train_set, device, report: bool) -> torch.Tensor | None:
+    """The teachers' soft targets of every training image (``loss.teachers``), None without teachers."""
+    if not cfg["loss"]["teachers"]:
+        return None
+    return cached_soft_targets(run_dir / "soft_targets.pt", cfg["loss"], train_set, device,
+                               cfg["train"]["eval_batch_size"], report=report).to(device)
+
+
+def starting_point(resumed: tuple[Path, dict] | None, training: Training, meta: dict, epochs: int,
+                   steps_per_epoch: int) -> tuple[int, int, dict]:
+    """(epoch, step, best metrics) to start from: a resumed checkpoint's, loaded into ``training``, or the
+    beginning.  A resumed run keeps the normalisation it was trained with in ``meta``."""
+    if resumed is None:
+        return 0, 0, {"accuracy": -1.0}
+    path, state = resumed
+    epoch, step, best, saved_meta = checkpoint.restore(state, training)
+    meta["mean"], meta["std"] = saved_meta["mean"], saved_meta["std"]
+    log.info("resuming from %s: %s", path, position(epoch, step, epochs, steps_per_epoch))
+    return epoch, step, best
+
+
+def view_pairs(batch: int, rank: int, world: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pair, anchors) over the views of all ranks, gathered in rank order, each rank's block being its
+    ``batch`` first views then their ``batch`` second views: ``pair[i]`` is the other view of view i,
+    ``anchors`` this rank's views."""
+    local = 2 * batch
+    pair = torch.arange(local * world, device=device)
+    pair = pair - pair % local + (pair % local + batch) % local
+    return pair, torch.arange(local, device=device) + rank * local
+
+
+def epoch_order(n: int, seed: int, epoch: int, rank: int, world: int, length: int) -> torch.Tensor:
+    """This rank's ``length`` indices of the epoch's shuffle, which depends only on the seed and the epoch
+    (a resumed run sees the same order)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return order[rank::world][:length]
+
+
+def training_step(training: Training, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None,
+                  pair: torch.Tensor, anchors: torch.Tensor, loss_cfg: dict, world: int) -> dict:
+    """One optimiser step on a batch of uint8 images: two augmented views of each, the objective over all
+    ranks' views; returns the loss and its parts, detached."""
+    x = torch.cat([training.augment(images, training.aug_generator), training.augment(images, training.aug_generator)])
+    y = labels.repeat(2)
+    with torch.autocast(x.device.type, dtype=training.amp_dtype, enabled=training.amp_dtype is not None):
+        logits, u = training.net(x, with_embedding=True)
+    loss, parts = objective(gather(logits.float(), world, True), gather(u.float(), world, True),
+                            gather(y, world, False), pair, anchors, loss_cfg,
+                            None if targets is None else targets.repeat(2, 1))
+    training.optimizer.zero_grad(set_to_none=True)
+    training.scaler.scale(loss).backward()
+    training.scaler.step(training.optimizer)
+    training.scaler.update()
+    training.scheduler.step()
+    return {"loss": loss.detach(), **parts}
+
+
+class EpochTotals:
+    """The mean loss parts and the training rate of the steps an epoch has run so far."""
+
+    def __init__(self, images_per_step: int):
+        self.images_per_step, self.steps, self.sums = images_per_step, 0, {}
+        self.started = self.last = time.monotonic()
+
+    def add(self, parts: dict) -> None:
+        for name, value in parts.items():
+            if value is not None:
+                self.sums[name] = self.sums.get(name, 0.0) + value
+        self.steps += 1
+        self.last = time.monotonic()
+
+    def mean(self, name: str) -> float | None:
+        return float(self.sums[name]) / self.steps if name in self.sums else None
+
+    def rate(self) -> float:
+        """Images per second over the steps (the evaluation after them not counted)."""
+        return self.steps * self.images_per_step / (self.last - self.started) if self.steps else 0.0
+
+
+def epoch_row(epoch: int, steps_per_epoch: int, lr: float, totals: EpochTotals, metrics: dict,
+              elapsed: float) -> dict:
+    """The ``metrics.csv`` row (CSV_FIELDS) of a finished epoch, numbered from 1."""
+    return {"epoch": epoch, "step": epoch * steps_per_epoch, "lr": lr,
+            **{name: totals.mean(name) for name in ("loss", *PARTS)},
+            "images_per_s": round(totals.rate(), 1), "val_accuracy": metrics["accuracy"],
+            "val_mean_recall": metrics["mean_recall"], "elapsed_s": round(elapsed, 1)}
+
+
 def train(cfg: dict, resume: bool = False) -> dict:
     """Run (or resume) the training described by ``cfg``; returns the best validation metrics.
 
     SIGINT or SIGTERM during the training steps saves a checkpoint at the
     current step and raises :class:`Interrupted`; before the steps (data
-    loading) they act as they would without the trainer.
+    loading) they act as they would without the trainer.  ``cfg`` is not
+    changed: the normalisation measured on the data goes into the run's copy.
     """
     with StopSignals() as signals:
-        return _train(cfg, resume, signals)
+        return _train(copy.deepcopy(cfg), resume, signals)
 
 
 def _train(cfg: dict, resume: bool, signals: StopSignals) -> dict:
     rank, world, device = setup_device(cfg["train"])
-    seed = cfg["run"]["seed"]
+    seed, data_cfg, optim, loss_cfg = cfg["run"]["seed"], cfg["data"], cfg["optim"], cfg["loss"]
     seed_everything(seed + rank)
-    out_dir = Path(cfg["run"]["out_dir"])
-    checkpoints = Checkpoints(out_dir / "checkpoints", cfg["train"]["keep_checkpoints"])
-    # Before the data: a run that cannot resume stops in seconds, not after decoding the dataset.
-    resumed_from, state = None, None
-    if resume:
-        found = checkpoints.load_newest(device)
-        if found is None:
-            raise CheckpointError(f"--resume: {out_dir} has no checkpoint yet (the run stopped before its first "
-                                  "one); start it again without --resume")
-        resumed_from, state = found
-    elif checkpoints.paths():
-        raise CheckpointError(f"{out_dir} already holds a run (up to {checkpoints.paths()[-1].name}): continue "
-                              f"it with --resume {out_dir}, or give the new run another run.out_dir")
-    if cfg["loss"]["teachers"]:
-        check_settings(cfg["loss"])
-    train_set, val_set, noise = load_data(cfg, rank)
-    data_cfg, optim, loss_cfg = cfg["data"], cfg["optim"], cfg["loss"]
-    if data_cfg["mean"] is None or data_cfg["std"] is None:
-        pretrained = cfg["model"]["pretrained"] and pretrained_normalisation(cfg["model"]["arch"], data_cfg["color"])
-        data_cfg["mean"], data_cfg["std"] = pretrained or channel_stats(train_set.images)
-    class_names = train_set.class_names
-    in_channels = contract.channels(data_cfg["color"])
-
-    model = build_model(cfg["model"], len(class_names), in_channels)
-    if cfg["model"]["pretrained"] and not resume:
-        load_pretrained(model)
-    if cfg["model"]["init"] and not resume:
-        load_init(model, cfg["model"]["init"])
-    model.to(device)
-    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-
+    folder = RunFolder(Path(cfg["run"]["out_dir"]), cfg["train"]["keep_checkpoints"], writes=rank == 0)
+    resumed = folder.resume_point(resume, device)   # before the data: a run that cannot go on stops in seconds
+    if loss_cfg["teachers"]:
+        check_settings(loss_cfg)
+    train_set, val_set, noise = load_data(cfg)
+    fill_normalisation(cfg, train_set.images)
     batch = optim["batch_size"]
-    steps_per_epoch = len(train_set.labels) // (batch * world)
-    if steps_per_epoch == 0:
-        raise ValueError(f"{len(train_set.labels)} training images are fewer than one batch of {batch * world}")
-    total_steps = optim["epochs"] * steps_per_epoch
-    optimizer = make_optimizer(model, optim)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(total_steps, int(optim["warmup_epochs"] * steps_per_epoch)))
-    amp_dtype = autocast_dtype(cfg["train"]["amp"], device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    augment = Augment(cfg["augment"], data_cfg["mean"], data_cfg["std"])
-    aug_generator = torch.Generator(device=device).manual_seed(seed * 1000 + rank)
-
-    meta = {**contract.Contract(tuple(class_names), (data_cfg["size"],) * 2, data_cfg["color"], tuple(data_cfg["mean"]),
-                                tuple(data_cfg["std"]), data_cfg["crop_scale"]).to_meta(),
-            "dataset": train_set.name, "epochs": optim["epochs"], "loss": loss_cfg["aux"],
-            "arch": arch_name(cfg["model"]), "precision_trained": str(amp_dtype or torch.float32).split(".")[-1],
-            "label_noise": noise, "teachers": loss_cfg["teachers"],
-            "class_counts": np.bincount(train_set.labels, minlength=len(class_names)).tolist()}
-    start_epoch, start_step, best = 0, 0, {"accuracy": -1.0}
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        restore_rng(state["rng"], aug_generator)
-        start_epoch, start_step, best = state["epoch"], state["step"], state["best"]
-        meta["mean"], meta["std"] = state["meta"]["mean"], state["meta"]["std"]
-        if rank == 0:
-            log.info("resuming from %s: %s", resumed_from,
-                     position(start_epoch, start_step, optim["epochs"], steps_per_epoch))
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        # Atomic: under torchrun the other ranks may be reading config.yaml for --resume.
-        write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
-        write_text_atomic(out_dir / "run.json", json.dumps(
-            {"train": train_set.summary(), "val": val_set.summary(), "label_noise": noise,
-             "world_size": world, "device": str(device)}, indent=2))
-    writer = csv_file = None
-    if rank == 0:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(out_dir / "tb"))
-        csv_file = open_metrics_csv(out_dir / "metrics.csv", completed_epochs=start_epoch)
-        csv_log = csv.DictWriter(csv_file, CSV_FIELDS)
+    steps_per_epoch = steps_in_epoch(len(train_set.labels), batch, world)
+    training = build_training(cfg, len(train_set.class_names), steps_per_epoch, rank, world, device,
+                              fresh=resumed is None)
+    meta = model_meta(cfg, train_set, noise, training.amp_dtype)
+    start_epoch, start_step, best = starting_point(resumed, training, meta, optim["epochs"], steps_per_epoch)
+    folder.start(cfg, {"train": train_set.summary(), "val": val_set.summary(), "label_noise": noise,
+                       "world_size": world, "device": str(device)}, completed_epochs=start_epoch)
+    images, labels = torch.from_numpy(train_set.images).to(device), torch.from_numpy(train_set.labels).to(device)
+    targets = teacher_targets(cfg, folder.path, train_set, device, report=rank == 0)
+    pair, anchors = view_pairs(batch, rank, world, device)
+    steps_this_run, signalled, epochs_done, started = 0, False, start_epoch, time.monotonic()
 
     def snapshot(epoch: int, step: int) -> dict:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "rng": rng_states(aug_generator),
-                "epoch": epoch, "step": step, "global_step": epoch * steps_per_epoch + step,
-                "best": best, "meta": meta, "config": cfg}
-
-    images = torch.from_numpy(train_set.images).to(device)
-    labels = torch.from_numpy(train_set.labels).to(device)
-    targets = None
-    if loss_cfg["teachers"]:
-        targets = cached_soft_targets(out_dir / "soft_targets.pt", loss_cfg, train_set, device,
-                                      cfg["train"]["eval_batch_size"], report=rank == 0).to(device)
-    local = 2 * batch
-    pair = torch.arange(local * world, device=device)
-    pair = pair - pair % local + (pair % local + batch) % local     # the other view, within each rank's block
-    anchors = torch.arange(local, device=device) + rank * local
-    steps_this_run, max_steps = 0, cfg["train"]["max_steps"]
-    stop = stopped_mid_epoch = signalled = False
-    epochs_done = start_epoch
-    saved = None    # (path, epoch, step) of the newest checkpoint this process wrote
-    last_save = time.monotonic()
-    started = time.monotonic()
+        return checkpoint.rolling_state(training, epoch=epoch, step=step, steps_per_epoch=steps_per_epoch,
+                                        best=best, meta=meta, config=cfg)
 
     signals.stepping = True
     for epoch in range(start_epoch, optim["epochs"]):
-        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        shard = order[rank::world][: steps_per_epoch * batch].to(device)
-        net.train()
-        sums, count, tick = {}, 0, time.monotonic()
+        shard = epoch_order(len(labels), seed, epoch, rank, world, steps_per_epoch * batch).to(device)
+        training.net.train()
+        totals, stop = EpochTotals(batch * world), False
         bar = tqdm(range(start_step, steps_per_epoch), initial=start_step, total=steps_per_epoch,
                    desc=f"epoch {epoch + 1}/{optim['epochs']}", disable=rank != 0, unit="step", leave=False)
         for step in bar:
             index = shard[step * batch:(step + 1) * batch]
-            x = torch.cat([augment(images[index], aug_generator), augment(images[index], aug_generator)])
-            y = labels[index].repeat(2)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits, u = net(x, with_embedding=True)
-            loss, parts = objective(gather(logits.float(), world, True), gather(u.float(), world, True),
-                                    gather(y, world, False), pair, anchors, loss_cfg,
-                                    None if targets is None else targets[index].repeat(2, 1))
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            for name, value in {"loss": loss.detach(), **parts}.items():
-                sums[name] = sums.get(name, 0.0) + value
-            count += 1
+            totals.add(training_step(training, images[index], labels[index],
+                                     None if targets is None else targets[index], pair, anchors, loss_cfg, world))
             steps_this_run += 1
-            if rank == 0 and (step + 1) % 10 == 0:
-                rate = count * batch * world / (time.monotonic() - tick)
-                bar.set_postfix(loss=f"{float(sums['loss']) / count:.3f}", img_s=f"{rate:.0f}")
-            reached_max = bool(max_steps) and steps_this_run >= max_steps
-            if reached_max:
+            if (step + 1) % 10 == 0:
+                bar.set_postfix(loss=f"{totals.mean('loss'):.3f}", img_s=f"{totals.rate():.0f}")
+            if cfg["train"]["max_steps"] and steps_this_run >= cfg["train"]["max_steps"]:
                 log.info("stopping after %d steps (train.max_steps)", steps_this_run)
+                stop = True
             signalled = any_rank(signals.received is not None, world, device)
-            stop = reached_max or signalled
-            # At an epoch's last step the stop waits for the epoch's evaluation and checkpoint below.
-            stopped_mid_epoch = stop and step + 1 < steps_per_epoch
-            if rank == 0 and step + 1 < steps_per_epoch and (
-                    stop or checkpoint_due(cfg["train"], epoch * steps_per_epoch + step + 1, last_save)):
-                saved = checkpoints.save(snapshot(epoch, step + 1)), epoch, step + 1
-                last_save = time.monotonic()
-            if stopped_mid_epoch:
+            stop = stop or signalled
+            global_step = epoch * steps_per_epoch + step + 1
+            if step + 1 < steps_per_epoch and (stop or folder.checkpoint_due(cfg["train"], global_step)):
+                folder.save_checkpoint(snapshot(epoch, step + 1))
+            if stop:   # at an epoch's last step, after the epoch's evaluation and checkpoint below
                 break
         bar.close()
-        if stopped_mid_epoch:
+        if stop and step + 1 < steps_per_epoch:
             break
-        rate = count * batch * world / (time.monotonic() - tick) if count else 0.0
         start_step = 0
-        metrics = evaluate_model(model, val_set, data_cfg["mean"], data_cfg["std"],
+        metrics = evaluate_model(training.model, val_set, data_cfg["mean"], data_cfg["std"],
                                  cfg["train"]["eval_batch_size"], device)
-        if rank == 0:
-            means = {name: float(total) / max(count, 1) for name, total in sums.items()}
-            row = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "lr": scheduler.get_last_lr()[0],
-                   "loss": means.get("loss"), "cls": means.get("cls"),
-                   "aux": means.get("wsc", means.get("simclr", means.get("supcon"))), "pcl": means.get("pcl"),
-                   "kd": means.get("kd"),
-                   "images_per_s": round(rate, 1), "val_accuracy": metrics["accuracy"],
-                   "val_mean_recall": metrics["mean_recall"], "elapsed_s": round(time.monotonic() - started, 1)}
-            csv_log.writerow(row)
-            csv_file.flush()
-            for key in ("loss", "cls", "aux", "pcl", "kd", "lr", "images_per_s", "val_accuracy", "val_mean_recall"):
-                if row[key] is not None:
-                    writer.add_scalar(key, row[key], row["step"])
-            log.info("epoch %d/%d  loss %.4f  val acc %.4f  mean recall %.4f  %.0f img/s", epoch + 1,
-                     optim["epochs"], row["loss"] or 0.0, metrics["accuracy"], metrics["mean_recall"], rate)
-            if metrics["accuracy"] > best["accuracy"]:
-                best = {"accuracy": metrics["accuracy"], "mean_recall": metrics["mean_recall"],
-                        "epoch": epoch + 1, "per_class_recall": metrics["per_class_recall"]}
-                atomic_save({"model": model.state_dict(), "meta": {**meta, "val": best}, "config": cfg},
-                            out_dir / "best.pt")
-            saved = checkpoints.save(snapshot(epoch + 1, 0)), epoch + 1, 0
-            last_save = time.monotonic()
+        folder.record_epoch(epoch_row(epoch + 1, steps_per_epoch, training.scheduler.get_last_lr()[0], totals,
+                                      metrics, time.monotonic() - started), optim["epochs"])
+        if metrics["accuracy"] > best["accuracy"]:
+            best = {"accuracy": metrics["accuracy"], "mean_recall": metrics["mean_recall"],
+                    "epoch": epoch + 1, "per_class_recall": metrics["per_class_recall"]}
+            folder.save_best(training.model, {**meta, "val": best}, cfg)
+        folder.save_checkpoint(snapshot(epoch + 1, 0))
         epochs_done = epoch + 1
         # A signal during the evaluation stops here, the epoch's checkpoint just written.  Not after
         # the last epoch: a collective right before DDP's teardown can deadlock gloo's threads.
@@ -524,39 +576,14 @@ def _train(cfg: dict, resume: bool, signals: StopSignals) -> dict:
             signalled = signalled or any_rank(signals.received is not None, world, device)
         if stop or signalled:
             break
-    if rank == 0:
-        writer.close()
-        csv_file.close()
-        if epochs_done >= optim["epochs"]:   # best.json marks a finished run (scripts/ablation.py skips those)
-            (out_dir / "best.json").write_text(json.dumps(best, indent=2))
+    folder.close(best, finished=epochs_done >= optim["epochs"])
     if world > 1:
         dist.destroy_process_group()
     if signalled and epochs_done < optim["epochs"]:
         signum = signals.received or signal.SIGTERM
-        where = "nothing new to save" if saved is None else \
-            f"saved {saved[0]} ({position(saved[1], saved[2], optim['epochs'], steps_per_epoch)})"
-        raise Interrupted(signum, f"stopped by {signal.Signals(signum).name}: {where}")
+        raise Interrupted(signum, f"stopped by {signal.Signals(signum).name}: "
+                                  f"{folder.where_saved(optim['epochs'], steps_per_epoch)}")
     return best
-
-
-def open_metrics_csv(path: Path, completed_epochs: int):
-    """``metrics.csv`` open for appending, holding only the rows of the first ``completed_epochs``.
-
-    A run killed after writing an epoch's row but before saving that epoch's
-    checkpoint repeats the epoch when resumed; its old row goes, so every
-    epoch has one row.  A fresh run (0 completed epochs) starts a new file.
-    """
-    kept = []
-    if path.exists():
-        with open(path, newline="") as existing:
-            kept = [row for row in csv.DictReader(existing) if int(row["epoch"]) <= completed_epochs]
-    partial = path.with_name(path.name + ".tmp")
-    with open(partial, "w", newline="") as rewritten:
-        table = csv.DictWriter(rewritten, CSV_FIELDS)
-        table.writeheader()
-        table.writerows(kept)
-    os.replace(partial, path)
-    return open(path, "a", newline="")
 
 
 EXAMPLES = """\
