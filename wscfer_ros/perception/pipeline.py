@@ -35,8 +35,9 @@ class PipelineConfig:
     providers: str = _setting("auto", "ONNX Runtime execution provider: 'auto' (CUDA when it really works, "
                                       "else CPU), 'cpu' or 'cuda'", choices=PROVIDER_CHOICES)
     threads: int = _setting(0, "ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose")
-    busy_wait: bool = _setting(False, "let ONNX Runtime's threads spin between frames: about 1 ms less "
-                                      "latency, but a CPU core kept busy all the time at camera rate")
+    busy_wait: bool = _setting(False, "let ONNX Runtime's threads spin between frames: a little less "
+                                      "latency (benchmarks/results.md), but a CPU core kept busy all the "
+                                      "time at camera rate")
     detector: str = _setting("auto", "MediaPipe face detector: 'short' (faces within about 2 m), 'full' "
                                      "(groups and distant faces) or 'auto' (see detector.py)",
                              choices=DETECTOR_MODES)
