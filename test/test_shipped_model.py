@@ -9,6 +9,8 @@ from skimage import data as skimage_data
 
 from wscfer_ros.perception.classifier import Classifier, default_model_path
 from wscfer_ros.perception.pipeline import Pipeline, PipelineConfig
+from wscfer_train.data import data_root, load_dataset
+from wscfer_train.evaluate import evaluate, open_onnx
 
 MAX_SHIPPED_BYTES = 25 * 1024 * 1024
 
@@ -36,6 +38,19 @@ def test_default_model_follows_the_contract_and_states_its_training():
     for key in ("dataset", "epochs", "val_accuracy", "val_mean_recall", "loss", "arch", "precision"):
         assert key in metadata, key
     assert 0.0 < json.loads(metadata["val_accuracy"]) <= 1.0
+
+
+@pytest.mark.parametrize("name", ["default.onnx", "accurate.onnx"])
+def test_each_shipped_files_validation_figures_are_its_own(name, fer2013_dir):
+    """What the metadata says of FER2013 PublicTest is what the file scores there through ONNX Runtime."""
+    path = default_model_path().with_name(name)
+    metadata = {prop.key: prop.value for prop in onnx.load(str(path), load_external_data=False).metadata_props}
+    assert json.loads(metadata["val_dataset"]) == {"format": "fer2013_folder", "root": "fer2013/val"}
+    model = open_onnx(path, "cpu")
+    measured = evaluate(model, load_dataset(json.loads(metadata["val_dataset"]), size=model.input_size[0],
+                                            color=model.color, data_root=data_root()))
+    assert json.loads(metadata["val_accuracy"]) == pytest.approx(measured["accuracy"], abs=1e-4)
+    assert json.loads(metadata["val_mean_recall"]) == pytest.approx(measured["mean_recall"], abs=1e-4)
 
 
 def test_astronaut_is_happy(pipeline):

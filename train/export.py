@@ -12,7 +12,11 @@ NCHW with a dynamic batch, output ``logits`` [N, C], and ``metadata_props``
 with class_names, input_size, color, mean, std and crop_scale, plus the
 training facts (dataset, epochs, best epoch, validation accuracy and mean
 recall, loss, architecture, label noise, precision).  BatchNorm is folded
-into the convolutions.
+into the convolutions.  The validation figures are the file's own: the file
+as it is written (its weights as stored, with any logit adjustment or peer)
+is run through the node's classifier on the run's validation set.  Where
+that set is not on the machine, the file carries no validation figures
+rather than the checkpoint's.
 
 ``--precision`` chooses how the weights are stored; compute, input and output
 stay float32 in every case:
@@ -31,14 +35,12 @@ stay float32 in every case:
 ``--logit-adjustment TAU`` subtracts TAU * log(training class prior) from
 the classifier's bias before export (post-hoc logit adjustment, Menon et al.,
 ICLR 2021): rare classes (disgust) are predicted more often, which raises
-the mean per-class recall; TAU = 1 targets the balanced error.  The network
-is then evaluated again on the run's validation set, so the metadata's
-``val_*`` figures are those of the exported network.
+the mean per-class recall; TAU = 1 targets the balanced error.
 
 ``--peer NAME[:WEIGHT]`` (repeatable) exports an ensemble: the network's
 class probabilities averaged with those of published peers (face-api,
 human-models), each run inside the graph with its own preprocessing
-(``ensemble.py``); validation is measured again on the ensemble.
+(``ensemble.py``).
 
 The casts and multiplications of fp16 and int8 have constant inputs, so ONNX
 Runtime folds them when it loads the file and runs the same float32 graph
@@ -73,7 +75,7 @@ from wscfer_ros.perception import contract
 from .augment import prepare_eval
 from .data import IMAGE_SUFFIXES, SkipImage, decode_image, data_root, load_dataset
 from .ensemble import Ensemble, parse_peer
-from .evaluate import evaluate_model, load_checkpoint
+from .evaluate import evaluate, load_checkpoint, open_onnx
 from .registry import FetchError
 
 log = logging.getLogger(__name__)
@@ -135,12 +137,10 @@ def export(checkpoint: str | Path, output: str | Path, precision: str = "fp32", 
     output = Path(output)
     model, meta, cfg = load_checkpoint(checkpoint)
     if logit_adjustment:
-        meta = adjust_logits(model, meta, cfg, logit_adjustment)
+        meta = adjust_logits(model, meta, logit_adjustment)
     if peers:
         model = Ensemble(model, meta["mean"], meta["std"], meta["class_names"], list(peers)).eval()
-        meta = {**meta, "ensemble": [{"peer": name, "weight": weight} for name, weight in peers],
-                "val": measure_val(model, meta, cfg, f"ensemble with {', '.join(name for name, _ in peers)}")}
-    metadata = model_metadata(meta, cfg, stored_as, crop_scale)
+        meta = {**meta, "ensemble": [{"peer": name, "weight": weight} for name, weight in peers]}
     height, width = meta["input_size"]
     channels = contract.channels(meta["color"])
 
@@ -174,6 +174,10 @@ def export(checkpoint: str | Path, output: str | Path, precision: str = "fp32", 
                 store_fp16(stored)
             elif precision == "int8":
                 store_int8(stored)
+        # The classifier that measures the file reads its contract from the metadata, so it goes in twice.
+        helper.set_model_props(stored, model_metadata(meta, cfg, stored_as, crop_scale))
+        meta = {**meta, "val": measure_file(stored, Path(work) / "measured.onnx", meta, cfg)}
+        metadata = model_metadata(meta, cfg, stored_as, crop_scale)
         helper.set_model_props(stored, metadata)
         onnx.checker.check_model(stored)
         diff, bound, agreement = _write_checked(stored, output, parity_inputs, reference, stored_as)
@@ -187,8 +191,8 @@ def export(checkpoint: str | Path, output: str | Path, precision: str = "fp32", 
     }
 
 
-def adjust_logits(model: torch.nn.Module, meta: dict, cfg: dict, tau: float) -> dict:
-    """Shift the classifier's bias by -tau * log(prior) in place; the meta with ``val`` measured anew.
+def adjust_logits(model: torch.nn.Module, meta: dict, tau: float) -> dict:
+    """Shift the classifier's bias by -tau * log(prior) in place; returns the meta that records it.
 
     The prior is the class frequency of the run's training labels
     (``meta["class_counts"]``, written by wscfer-train).
@@ -203,19 +207,28 @@ def adjust_logits(model: torch.nn.Module, meta: dict, cfg: dict, tau: float) -> 
                          f"{dict(zip(meta['class_names'], counts.int().tolist()))}")
     with torch.no_grad():
         model.classifier.bias -= tau * torch.log(counts / counts.sum())
-    return {**meta, "val": measure_val(model, meta, cfg, f"logit adjustment {tau:g}"), "logit_adjustment": tau}
+    return {**meta, "logit_adjustment": tau}
 
 
-def measure_val(model: torch.nn.Module, meta: dict, cfg: dict, change: str) -> dict:
-    """``meta["val"]`` measured anew for ``model`` on the run's validation set, after ``change``."""
+def measure_file(stored: onnx.ModelProto, path: Path, meta: dict, cfg: dict) -> dict:
+    """``meta["val"]`` for the file about to be written, saved to ``path`` and run by the node's classifier
+    on the run's validation set; without that set on this machine only the best epoch is kept."""
+    checkpoint_val = meta.get("val", {})
+    kept = {"epoch": checkpoint_val["epoch"]} if "epoch" in checkpoint_val else {}
     data = cfg["data"]
-    val_set = load_dataset(data["val"], size=data["size"], color=data["color"], data_root=data_root())
-    metrics = evaluate_model(model, val_set, meta["mean"], meta["std"], 512, torch.device("cpu"))
-    before = meta.get("val", {})
-    log.info("%s: validation accuracy %.4f, mean recall %.4f (before: %.4f, %.4f)", change,
-             metrics["accuracy"], metrics["mean_recall"], before.get("accuracy", float("nan")),
-             before.get("mean_recall", float("nan")))
-    return {**before, **{key: metrics[key] for key in ("accuracy", "mean_recall", "per_class_recall")}}
+    try:
+        if not data.get("val"):
+            raise FileNotFoundError("the run names none")
+        val_set = load_dataset(data["val"], size=data["size"], color=data["color"], data_root=data_root())
+    except FileNotFoundError as error:
+        log.warning("validation set not found (%s): the file carries no validation figures", error)
+        return kept
+    onnx.save(stored, str(path))
+    metrics = evaluate(open_onnx(path, "cpu"), val_set)
+    log.info("the file as written: validation accuracy %.4f, mean recall %.4f (the checkpoint: %.4f, %.4f)",
+             metrics["accuracy"], metrics["mean_recall"], checkpoint_val.get("accuracy", float("nan")),
+             checkpoint_val.get("mean_recall", float("nan")))
+    return {**kept, **{key: metrics[key] for key in ("accuracy", "mean_recall", "per_class_recall")}}
 
 
 def model_metadata(meta: dict, cfg: dict, precision: str, crop_scale: float | None = None) -> dict[str, str]:
