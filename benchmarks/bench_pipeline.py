@@ -29,7 +29,7 @@ from common import (BenchmarkError, PHOTOS, add_model_argument, argument_parser,
 STAGES = ("detect", "crop", "classify", "track")
 CAMERA_SIZE = (640, 480)
 VIDEO_FACES = {"woman2.mp4": "1", "short_hamilton_clip.mp4": "1-8"}   # by eye, see PROVENANCE.md
-TARGETS = ("targets (issue 5): p50 <= 6 ms for a 640x480 frame with one face; <= 15 ms with 7 faces")
+TARGETS = ("targets: p50 <= 6 ms for a 640x480 frame with one face; <= 15 ms with 7 faces")
 
 
 @dataclass

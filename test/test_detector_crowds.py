@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
-from wscfer_ros.perception.detector import FULL_RANGE_HOLD_FRAMES, TILE_OVERLAP, FaceDetector, tiles
+from wscfer_ros.perception.detector import (FULL_RANGE_HOLD_FRAMES, TILE_OVERLAP, TILE_SWEEP_FRAMES, FaceDetector,
+                                            tiles)
 from wscfer_ros.perception.pipeline import PipelineConfig
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
@@ -72,6 +73,50 @@ def test_tiling_finds_small_faces_the_whole_frame_hides(frames, label, tiling, m
         without.close()
     assert hits >= minimum > hits_without, f"{hits} of {len(frame.boxes)} with tiling {tiling}, {hits_without} without"
     assert extra <= 1, "a face found in two tiles counts once"
+
+
+class CountedRuns:
+    """Stands in for the full-range model's graph and counts its runs."""
+
+    def __init__(self, graph):
+        self.graph, self.runs = graph, 0
+
+    def process(self, image):
+        self.runs += 1
+        return self.graph.process(image)
+
+    def close(self):
+        self.graph.close()
+
+
+@pytest.mark.parametrize("mode, faces", [("auto", 7), ("full", 6)])   # the close face is the short-range model's
+def test_a_stream_pays_for_one_tile_at_a_time_and_keeps_every_small_face_on_every_frame(frames, mode, faces):
+    """The selfie as a camera stream at tiling 2: every tile on the first frame, then one tile on each of
+    the first frames of a sweep; the small faces stay on every frame; when everybody has left, the faces
+    held from the tiles are gone within one sweep."""
+    selfie = frames[SELFIE]
+    detector = FaceDetector(mode, max_faces=100, tiling=2)
+    counted = detector._full_range = CountedRuns(detector._full_range)
+    tile_count = len(tiles(selfie.image.shape[1], selfie.image.shape[0], 2))
+    try:
+        detector.reset()
+        runs, per_frame = [], []
+        for _ in range(2 * TILE_SWEEP_FRAMES):
+            before = counted.runs
+            per_frame.append(found(detector, selfie, fresh=False))
+            runs.append(counted.runs - before)
+        assert all(hits == faces and extra <= 1 for hits, extra in per_frame), per_frame
+        assert runs[0] == 1 + tile_count                     # the whole frame and every tile
+        assert max(runs[1:]) <= 2                            # the whole frame (when it runs) and one tile
+        if mode == "full":    # the whole frame runs on every frame: the other runs are tiles
+            tile_runs = [count - 1 for count in runs]
+            assert sum(tile_runs[1:TILE_SWEEP_FRAMES]) == tile_count - 1, "the first sweep's other tiles"
+            assert sum(tile_runs[TILE_SWEEP_FRAMES:]) == tile_count, "each tile once in the next sweep"
+        empty = np.full_like(selfie.image, 127)
+        left = [len(detector.detect(empty)) for _ in range(TILE_SWEEP_FRAMES)]
+        assert left[-1] == 0, left
+    finally:
+        detector.close()
 
 
 @pytest.mark.parametrize("mode, tiling", [("auto", 0), ("auto", 2), ("full", 2)])

@@ -37,13 +37,20 @@ the full-range model finds nothing, the short-range faces stay: faces
 filling much of the frame (close-ups, portrait crops) are beyond it, and the
 short-range model often scores them below the trust threshold.
 
-Tiling (``tiling`` level 1 or more, the node's ``detector_tiling``): the
-full-range model also sees square tiles of the frame (:func:`tiles`), each
-shrunk less than the whole frame, so small faces reach it larger; faces
-found in more than one place are kept once (the best score), and a face cut
-by a tile's inner edge is taken from another tile.  Each tile is one more
-run of the full-range model (about as long as the whole frame's), on every
-frame that runs it.
+Tiling (``tiling`` level 1 or more, the node's ``detector_tiling``; modes
+``"auto"`` and ``"full"``): the full-range model also sees square tiles of
+the frame (:func:`tiles`), each shrunk less than the whole frame, so small
+faces reach it larger; faces found in more than one place are kept once (the
+best score), a face cut by a tile's inner edge is taken from another tile,
+and a face the whole frame's models found is theirs.  Each tile is one more
+run of the full-range model, about as long as the whole frame's, so a stream
+does not pay them all on every frame: the first frame after :meth:`reset`
+(or after a change of frame size) runs every tile, and then one tile runs
+per frame on the first frames of every ``TILE_SWEEP_FRAMES``, each tile's
+faces held until its next visit.  A still image (reset before it) gets every
+tile; a camera stream gets one extra run on a few frames of each sweep, and
+a small face the whole frame's models miss keeps the box it had when its
+tile last ran, for at most one sweep (also after it left).
 
 Eye keypoints: the full-range model's follow a rolled head to within about
 4 degrees; the short-range model's barely do (a 25 degree roll reads as
@@ -86,6 +93,12 @@ FULL_RANGE_PROBE_FRAMES = 15
 #: longer side (see :func:`tiles`).
 TILE_OVERLAP = 1 / 3
 MAX_TILE_FRACTION = 0.8
+
+#: With tiling on a stream, each tile runs once every this many frames (or
+#: every as many frames as there are tiles, if more), and the faces found in
+#: it are held until then: the delay before a small face's box follows it, and
+#: the longest a face that left stays reported.
+TILE_SWEEP_FRAMES = 15
 
 #: Two boxes overlapping by more than this IoU are one face: a short-range face
 #: the full-range model found too (its box is kept), or a face found in two
@@ -194,22 +207,26 @@ class FaceDetector:
         the full-range model found faces the short-range model did not sends
         the next ``FULL_RANGE_HOLD_FRAMES`` frames to the full-range model
         directly, with the short-range model too while it finds close faces
-        the full-range model misses.  Boxes and eyes are in the pixels of
-        ``image_rgb``, also when it was larger than ``MAX_DETECTION_SIDE``
-        and the models saw it downscaled.
+        the full-range model misses.  With ``tiling``, the faces found in
+        tiles that these did not find are added (see the module's text).
+        Boxes and eyes are in the pixels of ``image_rgb``, also when it was
+        larger than ``MAX_DETECTION_SIDE`` and the models saw it downscaled.
         """
         frame_size = image_rgb.shape[1], image_rgb.shape[0]
         image_rgb = _fit_for_detection(image_rgb)
+        tiled = self._detect_in_tiles(image_rgb, frame_size) if self.tiling and self._full_range is not None \
+            else ([], [])
         if self.mode == "short":
             faces = self._detect_short_range(image_rgb, frame_size)
         elif self.mode == "full":
-            faces = self._detect_full_range(image_rgb, frame_size)
+            faces = _with_tiled(self._detect_full_range(image_rgb, frame_size), *tiled)
         else:
-            faces = self._detect_auto(image_rgb, frame_size)
+            faces = self._detect_auto(image_rgb, frame_size, tiled)
         faces.sort(key=lambda face: face.score, reverse=True)
         return faces[:self.max_faces]
 
-    def _detect_auto(self, image_rgb: np.ndarray, frame_size: tuple[int, int]) -> list[Detection]:
+    def _detect_auto(self, image_rgb: np.ndarray, frame_size: tuple[int, int],
+                     tiled: tuple[list[Detection], list[Detection]]) -> list[Detection]:
         holding = self._full_range_hold > 0
         self._full_range_hold = max(0, self._full_range_hold - 1)
         short_range = (self._detect_short_range(image_rgb, frame_size)
@@ -218,11 +235,11 @@ class FaceDetector:
         if not (holding or len(sure) < len(short_range) or not short_range
                 or self._frames_since_full_range >= FULL_RANGE_PROBE_FRAMES):
             self._frames_since_full_range += 1
-            return short_range
+            return _with_tiled(short_range, *tiled)
         # After a hold, the next frame runs both models again: the short-range model alone, sure of a
         # close face, would never learn that the small faces beside it are still there.
         self._frames_since_full_range = FULL_RANGE_PROBE_FRAMES if holding else 0
-        full_range = self._detect_full_range(image_rgb, frame_size)
+        full_range = _with_tiled(self._detect_full_range(image_rgb, frame_size), *tiled)
         if not full_range:
             # The full-range model misses faces close to the camera, which the short-range model finds
             # with scores below the trust threshold; keep those.
@@ -251,6 +268,9 @@ class FaceDetector:
         self._full_range_hold = 0                       # frames left that go to the full-range model
         self._hold_short_range = True                   # and to the short-range model as well
         self._frames_since_full_range = FULL_RANGE_PROBE_FRAMES
+        self._tile_layout = None                        # the tiles of the frame size seen last
+        self._tile_faces = {}                           # tile index -> full-range boxes found there last
+        self._sweep_frame = 0                           # frames since the sweep began, modulo its length
 
     def warm_up(self) -> None:
         """Run every loaded model once, so the first real frame is not slow."""
@@ -288,22 +308,36 @@ class FaceDetector:
         return faces
 
     def _detect_full_range(self, image_rgb: np.ndarray, frame_size: tuple[int, int]) -> list[Detection]:
-        """Faces in ``image_rgb`` in the pixels of a frame of ``frame_size`` (width, height).
+        """Faces in ``image_rgb`` in the pixels of a frame of ``frame_size`` (width, height)."""
+        return self._detections(self._full_range_boxes(image_rgb), image_rgb, frame_size)
 
-        With ``tiling`` (a level >= 1), the model also sees the square tiles
-        of :func:`tiles`, and of faces found twice the best score is kept.
-        """
+    def _detect_in_tiles(self, image_rgb: np.ndarray,
+                         frame_size: tuple[int, int]) -> tuple[list[Detection], list[Detection]]:
+        """The faces of the tiles run now, and those held from the other tiles' last run."""
         height, width = image_rgb.shape[:2]
-        found = self._full_range_boxes(image_rgb)
-        if self.tiling:
-            for left, top, side in tiles(width, height, self.tiling):
-                inner_edges = (left > 0, top > 0, left + side < width, top + side < height)
-                tile = np.ascontiguousarray(image_rgb[top:top + side, left:left + side])
-                for box, score, eyes in self._full_range_boxes(tile):
-                    if not _touches(box, side, inner_edges):   # a face cut by the tile: whole in another
-                        found.append(((box[0] + left, box[1] + top, box[2], box[3]), score,
-                                      [(x + left, y + top) for x, y in eyes]))
-            found = _suppress_duplicates(found)
+        layout = tiles(width, height, self.tiling)
+        if layout != self._tile_layout:    # after reset, or a new frame size: every tile now
+            self._tile_layout, self._tile_faces, self._sweep_frame = layout, {}, 0
+            visits = range(len(layout))
+        else:
+            self._sweep_frame = (self._sweep_frame + 1) % max(TILE_SWEEP_FRAMES, len(layout))
+            visits = [self._sweep_frame] if self._sweep_frame < len(layout) else []
+        for index in visits:
+            left, top, side = layout[index]
+            inner_edges = (left > 0, top > 0, left + side < width, top + side < height)
+            tile = np.ascontiguousarray(image_rgb[top:top + side, left:left + side])
+            found = [((box[0] + left, box[1] + top, box[2], box[3]), score, [(x + left, y + top) for x, y in eyes])
+                     for box, score, eyes in self._full_range_boxes(tile)
+                     if not _touches(box, side, inner_edges)]   # a face cut by the tile: whole in another
+            self._tile_faces[index] = self._detections(found, image_rgb, frame_size)
+        fresh = [face for index in visits for face in self._tile_faces[index]]
+        held = [face for index, faces in self._tile_faces.items() if index not in visits for face in faces]
+        return fresh, held
+
+    def _detections(self, found: list, image_rgb: np.ndarray, frame_size: tuple[int, int]) -> list[Detection]:
+        """``_full_range_boxes`` entries in the pixels of ``image_rgb`` as detections in a frame of
+        ``frame_size``, less those :meth:`_make_detection` refuses."""
+        height, width = image_rgb.shape[:2]
         scale_x, scale_y = frame_size[0] / width, frame_size[1] / height
         faces = []
         for (x, y, w, h), score, eyes in found:
@@ -401,15 +435,20 @@ def _touches(box, side: int, inner_edges: tuple[bool, bool, bool, bool]) -> bool
     return any(inner and reached for inner, reached in zip(inner_edges, reaches))
 
 
-def _suppress_duplicates(found: list) -> list:
-    """``found`` (``_full_range_boxes`` entries) less each box overlapping a better-scored one by more
-    than DUPLICATE_IOU."""
-    found = sorted(found, key=lambda entry: entry[1], reverse=True)
+def _best_of(faces: list[Detection]) -> list[Detection]:
+    """``faces`` less each one overlapping a better-scored one by more than DUPLICATE_IOU."""
     kept = []
-    for entry in found:
-        if not kept or iou_matrix([entry[0]], [k[0] for k in kept]).max() <= DUPLICATE_IOU:
-            kept.append(entry)
+    for face in sorted(faces, key=lambda face: face.score, reverse=True):
+        if not kept or iou_matrix([face.box], [other.box for other in kept]).max() <= DUPLICATE_IOU:
+            kept.append(face)
     return kept
+
+
+def _with_tiled(whole: list[Detection], fresh: list[Detection], held: list[Detection]) -> list[Detection]:
+    """The faces of the whole frame and of the tiles run now, each face once (its best-scored box), then
+    the faces held from the other tiles that none of them covers: a held box is older."""
+    now = _best_of(whole + fresh) if fresh else whole
+    return now + _not_covered(_best_of(held), now)
 
 
 def _not_covered(faces: list[Detection], others: list[Detection], max_iou: float = DUPLICATE_IOU) -> list[Detection]:

@@ -44,7 +44,8 @@ class PipelineConfig:
     detector_tiling: int = _setting(0, "0: off; 1 or more: the full-range face model also sees square "
                                        "tiles of the frame (1: as high as the frame, 2: two rows of "
                                        "them), so small faces reach it larger: more faces found in group "
-                                       "shots, one model run more per tile on the frames it runs on")
+                                       "shots; a stream runs one tile per frame on a few frames of each "
+                                       "sweep and holds each tile's faces until its next run")
     min_detection_confidence: float = _setting(0.5, "minimum face detection score, 0..1",
                                               aliases=("--min-confidence",))
     max_faces: int = _setting(10, "at most this many faces per frame, the most confident first")
