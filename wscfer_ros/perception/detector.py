@@ -47,7 +47,9 @@ run of the full-range model, about as long as the whole frame's, so a stream
 does not pay them all on every frame: the first frame after :meth:`reset`
 (or after a change of frame size) runs every tile, and then one tile runs
 per frame on the first frames of every ``TILE_SWEEP_FRAMES``, each tile's
-faces held until its next visit.  A still image (reset before it) gets every
+faces held until its next visit; in ``"auto"`` mode a tile due on a frame
+that probes with the full-range model waits for the next frame, so no frame
+of a one-face stream runs more than two models.  A still image (reset before it) gets every
 tile; a camera stream gets one extra run on a few frames of each sweep, and
 a small face the whole frame's models miss keeps the box it had when its
 tile last ran, for at most one sweep (also after it left).
@@ -214,19 +216,17 @@ class FaceDetector:
         """
         frame_size = image_rgb.shape[1], image_rgb.shape[0]
         image_rgb = _fit_for_detection(image_rgb)
-        tiled = self._detect_in_tiles(image_rgb, frame_size) if self.tiling and self._full_range is not None \
-            else ([], [])
         if self.mode == "short":
             faces = self._detect_short_range(image_rgb, frame_size)
         elif self.mode == "full":
-            faces = _with_tiled(self._detect_full_range(image_rgb, frame_size), *tiled)
+            faces = _with_tiled(self._detect_full_range(image_rgb, frame_size),
+                                *self._detect_in_tiles(image_rgb, frame_size, busy=False))
         else:
-            faces = self._detect_auto(image_rgb, frame_size, tiled)
+            faces = self._detect_auto(image_rgb, frame_size)
         faces.sort(key=lambda face: face.score, reverse=True)
         return faces[:self.max_faces]
 
-    def _detect_auto(self, image_rgb: np.ndarray, frame_size: tuple[int, int],
-                     tiled: tuple[list[Detection], list[Detection]]) -> list[Detection]:
+    def _detect_auto(self, image_rgb: np.ndarray, frame_size: tuple[int, int]) -> list[Detection]:
         holding = self._full_range_hold > 0
         self._full_range_hold = max(0, self._full_range_hold - 1)
         short_range = (self._detect_short_range(image_rgb, frame_size)
@@ -235,11 +235,13 @@ class FaceDetector:
         if not (holding or len(sure) < len(short_range) or not short_range
                 or self._frames_since_full_range >= FULL_RANGE_PROBE_FRAMES):
             self._frames_since_full_range += 1
-            return _with_tiled(short_range, *tiled)
+            return _with_tiled(short_range, *self._detect_in_tiles(image_rgb, frame_size, busy=False))
         # After a hold, the next frame runs both models again: the short-range model alone, sure of a
         # close face, would never learn that the small faces beside it are still there.
         self._frames_since_full_range = FULL_RANGE_PROBE_FRAMES if holding else 0
-        full_range = _with_tiled(self._detect_full_range(image_rgb, frame_size), *tiled)
+        # A probe (the full-range model outside a hold) already doubles the frame's cost: a tile due now waits.
+        full_range = _with_tiled(self._detect_full_range(image_rgb, frame_size),
+                                 *self._detect_in_tiles(image_rgb, frame_size, busy=not holding))
         if not full_range:
             # The full-range model misses faces close to the camera, which the short-range model finds
             # with scores below the trust threshold; keep those.
@@ -271,6 +273,7 @@ class FaceDetector:
         self._tile_layout = None                        # the tiles of the frame size seen last
         self._tile_faces = {}                           # tile index -> full-range boxes found there last
         self._sweep_frame = 0                           # frames since the sweep began, modulo its length
+        self._tile_waited = False                       # the tile due last frame waited for this one
 
     def warm_up(self) -> None:
         """Run every loaded model once, so the first real frame is not slow."""
@@ -311,17 +314,25 @@ class FaceDetector:
         """Faces in ``image_rgb`` in the pixels of a frame of ``frame_size`` (width, height)."""
         return self._detections(self._full_range_boxes(image_rgb), image_rgb, frame_size)
 
-    def _detect_in_tiles(self, image_rgb: np.ndarray,
-                         frame_size: tuple[int, int]) -> tuple[list[Detection], list[Detection]]:
-        """The faces of the tiles run now, and those held from the other tiles' last run."""
+    def _detect_in_tiles(self, image_rgb: np.ndarray, frame_size: tuple[int, int],
+                         busy: bool) -> tuple[list[Detection], list[Detection]]:
+        """The faces of the tiles run now, and those held from the other tiles' last run (none without
+        tiling).  On a ``busy`` frame a tile that is due waits for the next frame (once)."""
+        if not self.tiling or self._full_range is None:
+            return [], []
         height, width = image_rgb.shape[:2]
         layout = tiles(width, height, self.tiling)
         if layout != self._tile_layout:    # after reset, or a new frame size: every tile now
             self._tile_layout, self._tile_faces, self._sweep_frame = layout, {}, 0
             visits = range(len(layout))
         else:
-            self._sweep_frame = (self._sweep_frame + 1) % max(TILE_SWEEP_FRAMES, len(layout))
-            visits = [self._sweep_frame] if self._sweep_frame < len(layout) else []
+            following = (self._sweep_frame + 1) % max(TILE_SWEEP_FRAMES, len(layout))
+            due = following < len(layout)
+            waits = due and busy and not self._tile_waited
+            if not waits:
+                self._sweep_frame = following
+            self._tile_waited = waits
+            visits = [following] if due and not waits else []
         for index in visits:
             left, top, side = layout[index]
             inner_edges = (left > 0, top > 0, left + side < width, top + side < height)
