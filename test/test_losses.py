@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wscfer_train.losses import distillation_loss, objective, pcl_loss, simclr_loss, supcon_loss, wsc_loss
+from wscfer_train.losses import distillation_loss, objective, pcl_loss, simclr_loss, supcon_loss, wsc_loss, with_pcl_warmup
 
 TAU = 0.1
 
@@ -183,3 +183,15 @@ def test_objective_with_teachers_mixes_cross_entropy_and_distillation():
     assert loss.item() == pytest.approx(0.3 * F.cross_entropy(logits, y).item()
                                         + 0.7 * distillation_loss(logits, targets, 2.0).item(), rel=1e-5)
     assert parts["kd"].item() == pytest.approx(distillation_loss(logits, targets, 2.0).item())
+
+
+def test_the_pcl_warmup_ramps_lambda_pcl_up_from_zero_and_then_leaves_it():
+    cfg = {"aux": "wscfer", "tau": TAU, "lambda_aux": 0.5, "lambda_pcl": 0.5, "pcl_warmup_epochs": 4.0}
+    assert [with_pcl_warmup(cfg, epochs)["lambda_pcl"] for epochs in (0.0, 1.0, 2.0, 4.0, 9.0)] == \
+        [0.0, 0.125, 0.25, 0.5, 0.5]
+    assert with_pcl_warmup({**cfg, "pcl_warmup_epochs": 0.0}, 0.0)["lambda_pcl"] == 0.5
+    u, y, pair = two_view_batch([0, 1, 2, 0])
+    logits = torch.randn(len(y), 7)
+    at_start, _ = objective(logits, u.float(), y, pair, torch.arange(len(y)), with_pcl_warmup(cfg, 0.0))
+    without_pcl, _ = objective(logits, u.float(), y, pair, torch.arange(len(y)), {**cfg, "aux": "wsc"})
+    assert at_start.item() == pytest.approx(without_pcl.item())

@@ -666,7 +666,8 @@ def test_help_lists_every_setting_with_its_default_as_text():
 
 @pytest.mark.parametrize("override, named", [("augment.rotaton=45", "augment.rotaton"), ("optim.lrr=1", "optim.lrr"),
                                              ("model.arch=resnet99", "model.arch"), ("loss.aux=foo", "loss.aux"),
-                                             ("optim.epochs=0", "optim.epochs")])
+                                             ("optim.epochs=0", "optim.epochs"),
+                                             ("loss.pcl_warmup_epochs=-1", "loss.pcl_warmup_epochs")])
 def test_a_bad_key_or_value_ends_the_run_with_one_line_before_any_data_is_read(tmp_path, caplog, override, named):
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"data": {"train": {"format": "none", "root": "missing"}}}))

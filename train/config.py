@@ -38,6 +38,7 @@ DEFAULTS: dict = {
               "pretrained": False,      # start from the backbone's published weights (wscfer-fetch-weights)
               "proj_dim": 128, "init": None},
     "loss": {"aux": "wscfer", "tau": 0.1, "tau_c": None, "lambda_aux": 0.5, "lambda_pcl": 0.5,
+             "pcl_warmup_epochs": 0.0,  # lambda_pcl rises linearly from 0 over this many epochs (0: from the start)
              "label_smoothing": 0.0,
              "teachers": [],            # best.pt files to distill from (see wscfer_train.distill)
              "distill_weight": 0.5,     # L_cls -> (1 - w) L_cls + w L_kd when there are teachers
@@ -194,5 +195,8 @@ def validate(cfg: dict) -> None:
         value = cfg[section][key]
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ConfigError(f"{dotted} must be a positive integer, got {as_yaml(value)}")
+    warmup = cfg["loss"]["pcl_warmup_epochs"]
+    if not isinstance(warmup, (int, float)) or isinstance(warmup, bool) or not warmup >= 0:
+        raise ConfigError(f"loss.pcl_warmup_epochs must be a number of epochs >= 0, got {as_yaml(warmup)}")
     if not isinstance(cfg["optim"]["lr"], (int, float)) or not cfg["optim"]["lr"] > 0:
         raise ConfigError(f"optim.lr must be a positive number, got {as_yaml(cfg['optim']['lr'])}")

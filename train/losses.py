@@ -136,6 +136,20 @@ def pcl_loss(u, logits, labels, pair, anchors=None, tau: float = 0.1, tau_c: flo
     return _mean_over(kl_ins_cls + kl_cls_ins, negatives.any(1))
 
 
+def with_pcl_warmup(loss_cfg: dict, epochs_done: float) -> dict:
+    """``loss_cfg`` at a point of training, ``lambda_pcl`` ramped up linearly over ``pcl_warmup_epochs``:
+
+        lambda_pcl(e) = lambda_pcl * min(1, e / pcl_warmup_epochs)     (no ramp when it is 0)
+
+    The consistency pull then waits until the classifier's logits carry
+    some class structure (a hypothesis of docs/ABLATION.md).
+    """
+    warmup = loss_cfg.get("pcl_warmup_epochs", 0.0)
+    if not warmup or epochs_done >= warmup:
+        return loss_cfg
+    return {**loss_cfg, "lambda_pcl": loss_cfg["lambda_pcl"] * epochs_done / warmup}
+
+
 CONTRASTIVE_LOSSES = {"wsc": wsc_loss, "simclr": simclr_loss, "supcon": supcon_loss}
 AUX_CHOICES = ("none", "simclr", "supcon", "wsc", "wscfer")
 

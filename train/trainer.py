@@ -55,7 +55,7 @@ from .config import DEFAULTS, MEASURED, ConfigError, apply_override, as_yaml, co
 from .data import DatasetError, Subset, data_root, flip_labels, load_dataset
 from .distill import TeacherError, cached_soft_targets, check_settings
 from .evaluate import evaluate_model
-from .losses import PARTS, objective
+from .losses import PARTS, objective, with_pcl_warmup
 from .model import arch_name, build_model, load_init, load_pretrained, pretrained_normalisation
 
 log = logging.getLogger("wscfer_train")
@@ -444,15 +444,15 @@ def epoch_order(n: int, seed: int, epoch: int, rank: int, world: int, length: in
 
 
 def training_step(training: Training, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None,
-                  pair: torch.Tensor, anchors: torch.Tensor, loss_cfg: dict, world: int) -> dict:
-    """One optimiser step on a batch of uint8 images: two augmented views of each, the objective over all
-    ranks' views; returns the loss and its parts, detached."""
+                  pair: torch.Tensor, anchors: torch.Tensor, loss_cfg: dict, epochs_done: float, world: int) -> dict:
+    """One optimiser step on a batch of uint8 images, ``epochs_done`` into training: two augmented views of
+    each, the objective over all ranks' views; returns the loss and its parts, detached."""
     x = torch.cat([training.augment(images, training.aug_generator), training.augment(images, training.aug_generator)])
     y = labels.repeat(2)
     with torch.autocast(x.device.type, dtype=training.amp_dtype, enabled=training.amp_dtype is not None):
         logits, u = training.net(x, with_embedding=True)
     loss, parts = objective(gather(logits.float(), world, True), gather(u.float(), world, True),
-                            gather(y, world, False), pair, anchors, loss_cfg,
+                            gather(y, world, False), pair, anchors, with_pcl_warmup(loss_cfg, epochs_done),
                             None if targets is None else targets.repeat(2, 1))
     training.optimizer.zero_grad(set_to_none=True)
     training.scaler.scale(loss).backward()
@@ -541,8 +541,8 @@ def _train(cfg: dict, resume: bool, signals: StopSignals) -> dict:
                    desc=f"epoch {epoch + 1}/{optim['epochs']}", disable=rank != 0, unit="step", leave=False)
         for step in bar:
             index = shard[step * batch:(step + 1) * batch]
-            totals.add(training_step(training, images[index], labels[index],
-                                     None if targets is None else targets[index], pair, anchors, loss_cfg, world))
+            totals.add(training_step(training, images[index], labels[index], None if targets is None else
+                                     targets[index], pair, anchors, loss_cfg, epoch + step / steps_per_epoch, world))
             steps_this_run += 1
             if (step + 1) % 10 == 0:
                 bar.set_postfix(loss=f"{totals.mean('loss'):.3f}", img_s=f"{totals.rate():.0f}")
