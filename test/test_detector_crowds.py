@@ -119,6 +119,27 @@ def test_a_stream_pays_for_one_tile_at_a_time_and_keeps_every_small_face_on_ever
         detector.close()
 
 
+def test_a_stream_of_a_close_face_runs_no_tile_after_the_first_frame_and_a_crowd_starts_them_again(frames):
+    """The node's one-face case costs what it costs without tiling; a group coming into view is tiled."""
+    close, crowd = frames["obama-720p.jpg at 640x480"], frames["group_2008_004176.jpg at 640x480"]
+    counts = {}
+    for tiling in (0, 2):
+        detector = FaceDetector("auto", max_faces=100, tiling=tiling)
+        counted = detector._full_range = CountedRuns(detector._full_range)
+        try:
+            detector.reset()
+            assert all(found(detector, close, fresh=False) == (1, 0) for _ in range(2 * TILE_SWEEP_FRAMES))
+            after_close = counted.runs
+            for _ in range(TILE_SWEEP_FRAMES):
+                detector.detect(crowd.image)
+            counts[tiling] = after_close, counted.runs - after_close
+        finally:
+            detector.close()
+    tile_count = len(tiles(640, 480, 2))
+    assert counts[2][0] == counts[0][0] + tile_count, "the close-up stream: every tile on its first frame only"
+    assert counts[2][1] >= counts[0][1] + tile_count, "the crowd: a sweep of tiles"
+
+
 @pytest.mark.parametrize("mode, tiling", [("auto", 0), ("auto", 2), ("full", 2)])
 def test_close_ups_stay_one_face_each(frames, mode, tiling):
     detector = FaceDetector(mode, tiling=tiling)

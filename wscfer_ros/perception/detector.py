@@ -48,8 +48,12 @@ does not pay them all on every frame: the first frame after :meth:`reset`
 (or after a change of frame size) runs every tile, and then one tile runs
 per frame on the first frames of every ``TILE_SWEEP_FRAMES``, each tile's
 faces held until its next visit; in ``"auto"`` mode a tile due on a frame
-that probes with the full-range model waits for the next frame, so no frame
-of a one-face stream runs more than two models.  A still image (reset before it) gets every
+that probes with the full-range model waits for the next frame.  A stream
+whose faces are all close to the camera (``CLOSE_FACE_FRACTION``) runs no
+tile: tiles reveal small faces, and a scene shows them small ones (or none)
+where they are likely; small faces beside close ones that neither model
+sees in the whole frame are therefore found only on a still image or the
+first frame.  A still image (reset before it) gets every
 tile; a camera stream gets one extra run on a few frames of each sweep, and
 a small face the whole frame's models miss keeps the box it had when its
 tile last ran, for at most one sweep (also after it left).
@@ -101,6 +105,12 @@ MAX_TILE_FRACTION = 0.8
 #: it are held until then: the delay before a small face's box follows it, and
 #: the longest a face that left stays reported.
 TILE_SWEEP_FRAMES = 15
+
+#: With tiling on a stream, a frame whose faces are all at least this
+#: fraction of its longer side wide (people close to the camera, the node's
+#: one-face case) runs no tile: tiles run while a smaller face, or none, is
+#: in view.
+CLOSE_FACE_FRACTION = 0.15
 
 #: Two boxes overlapping by more than this IoU are one face: a short-range face
 #: the full-range model found too (its box is kept), or a face found in two
@@ -219,8 +229,8 @@ class FaceDetector:
         if self.mode == "short":
             faces = self._detect_short_range(image_rgb, frame_size)
         elif self.mode == "full":
-            faces = _with_tiled(self._detect_full_range(image_rgb, frame_size),
-                                *self._detect_in_tiles(image_rgb, frame_size, busy=False))
+            whole = self._detect_full_range(image_rgb, frame_size)
+            faces = _with_tiled(whole, *self._detect_in_tiles(image_rgb, frame_size, whole, busy=False))
         else:
             faces = self._detect_auto(image_rgb, frame_size)
         faces.sort(key=lambda face: face.score, reverse=True)
@@ -235,13 +245,14 @@ class FaceDetector:
         if not (holding or len(sure) < len(short_range) or not short_range
                 or self._frames_since_full_range >= FULL_RANGE_PROBE_FRAMES):
             self._frames_since_full_range += 1
-            return _with_tiled(short_range, *self._detect_in_tiles(image_rgb, frame_size, busy=False))
+            return _with_tiled(short_range, *self._detect_in_tiles(image_rgb, frame_size, short_range, busy=False))
         # After a hold, the next frame runs both models again: the short-range model alone, sure of a
         # close face, would never learn that the small faces beside it are still there.
         self._frames_since_full_range = FULL_RANGE_PROBE_FRAMES if holding else 0
         # A probe (the full-range model outside a hold) already doubles the frame's cost: a tile due now waits.
-        full_range = _with_tiled(self._detect_full_range(image_rgb, frame_size),
-                                 *self._detect_in_tiles(image_rgb, frame_size, busy=not holding))
+        whole = self._detect_full_range(image_rgb, frame_size)
+        full_range = _with_tiled(whole, *self._detect_in_tiles(image_rgb, frame_size, short_range + whole,
+                                                               busy=not holding))
         if not full_range:
             # The full-range model misses faces close to the camera, which the short-range model finds
             # with scores below the trust threshold; keep those.
@@ -314,17 +325,23 @@ class FaceDetector:
         """Faces in ``image_rgb`` in the pixels of a frame of ``frame_size`` (width, height)."""
         return self._detections(self._full_range_boxes(image_rgb), image_rgb, frame_size)
 
-    def _detect_in_tiles(self, image_rgb: np.ndarray, frame_size: tuple[int, int],
+    def _detect_in_tiles(self, image_rgb: np.ndarray, frame_size: tuple[int, int], seen: list[Detection],
                          busy: bool) -> tuple[list[Detection], list[Detection]]:
         """The faces of the tiles run now, and those held from the other tiles' last run (none without
-        tiling).  On a ``busy`` frame a tile that is due waits for the next frame (once)."""
+        tiling).  ``seen``: the faces the whole frame showed the models now; when all of them are close
+        (none narrower than ``CLOSE_FACE_FRACTION`` of the frame), no tile runs and none is held.  On a
+        ``busy`` frame a tile that is due waits for the next frame (once)."""
         if not self.tiling or self._full_range is None:
             return [], []
         height, width = image_rgb.shape[:2]
         layout = tiles(width, height, self.tiling)
+        close_up = bool(seen) and all(min(face.box[2:]) >= CLOSE_FACE_FRACTION * max(frame_size) for face in seen)
         if layout != self._tile_layout:    # after reset, or a new frame size: every tile now
             self._tile_layout, self._tile_faces, self._sweep_frame = layout, {}, 0
             visits = range(len(layout))
+        elif close_up:                     # the next frame with small faces (or none) starts a sweep
+            self._tile_faces, self._sweep_frame, self._tile_waited = {}, -1, False
+            visits = []
         else:
             following = (self._sweep_frame + 1) % max(TILE_SWEEP_FRAMES, len(layout))
             due = following < len(layout)
