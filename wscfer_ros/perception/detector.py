@@ -53,10 +53,8 @@ whose faces are all close to the camera (``CLOSE_FACE_FRACTION``) runs no
 tile: tiles reveal small faces, and a scene shows them small ones (or none)
 where they are likely; small faces beside close ones that neither model
 sees in the whole frame are therefore found only on a still image or the
-first frame.  A still image (reset before it) gets every
-tile; a camera stream gets one extra run on a few frames of each sweep, and
-a small face the whole frame's models miss keeps the box it had when its
-tile last ran, for at most one sweep (also after it left).
+first frame.  A small face the whole frame's models miss keeps the box it
+had when its tile last ran, for at most one sweep (also after it left).
 
 Eye keypoints: the full-range model's follow a rolled head to within about
 4 degrees; the short-range model's barely do (a 25 degree roll reads as
@@ -281,8 +279,9 @@ class FaceDetector:
         self._full_range_hold = 0                       # frames left that go to the full-range model
         self._hold_short_range = True                   # and to the short-range model as well
         self._frames_since_full_range = FULL_RANGE_PROBE_FRAMES
-        self._tile_layout = None                        # the tiles of the frame size seen last
-        self._tile_faces = {}                           # tile index -> full-range boxes found there last
+        self._tile_frame = None                         # the (width, height) the tiles were laid out for
+        self._tile_layout = []                          # its tiles, from tiles()
+        self._tile_faces = {}                           # tile index -> the faces found there last
         self._sweep_frame = 0                           # frames since the sweep began, modulo its length
         self._tile_waited = False                       # the tile due last frame waited for this one
 
@@ -334,24 +333,24 @@ class FaceDetector:
         if not self.tiling or self._full_range is None:
             return [], []
         height, width = image_rgb.shape[:2]
-        layout = tiles(width, height, self.tiling)
         close_up = bool(seen) and all(min(face.box[2:]) >= CLOSE_FACE_FRACTION * max(frame_size) for face in seen)
-        if layout != self._tile_layout:    # after reset, or a new frame size: every tile now
-            self._tile_layout, self._tile_faces, self._sweep_frame = layout, {}, 0
-            visits = range(len(layout))
+        if (width, height) != self._tile_frame:    # after reset, or a new frame size: every tile now
+            self._tile_frame, self._tile_layout = (width, height), tiles(width, height, self.tiling)
+            self._tile_faces, self._sweep_frame = {}, 0
+            visits = range(len(self._tile_layout))
         elif close_up:                     # the next frame with small faces (or none) starts a sweep
             self._tile_faces, self._sweep_frame, self._tile_waited = {}, -1, False
             visits = []
         else:
-            following = (self._sweep_frame + 1) % max(TILE_SWEEP_FRAMES, len(layout))
-            due = following < len(layout)
+            following = (self._sweep_frame + 1) % max(TILE_SWEEP_FRAMES, len(self._tile_layout))
+            due = following < len(self._tile_layout)
             waits = due and busy and not self._tile_waited
             if not waits:
                 self._sweep_frame = following
             self._tile_waited = waits
             visits = [following] if due and not waits else []
         for index in visits:
-            left, top, side = layout[index]
+            left, top, side = self._tile_layout[index]
             inner_edges = (left > 0, top > 0, left + side < width, top + side < height)
             tile = np.ascontiguousarray(image_rgb[top:top + side, left:left + side])
             found = [((box[0] + left, box[1] + top, box[2], box[3]), score, [(x + left, y + top) for x, y in eyes])
