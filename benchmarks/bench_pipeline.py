@@ -8,9 +8,10 @@ frame of each video once (all frames decoded before timing).  The stage
 columns are the medians of ``FrameResult.timings_ms``; "faces" is the mean
 number found per frame.  Rows "at 640x480" show the frames as a 4:3 camera
 would frame them (centre crop, then resize), the size of the issue's targets.
-The 7-face photos (also at 640x480) and the group selfie of bench_detector_recall.py (one
-close face, six small ones at the edges) get one row per detector mode and
-``--detector-tiling`` level.
+The camera-size rows (the 7-face photos, the group selfie of
+bench_detector_recall.py with one close face and six small ones at the edges,
+and the one-face Obama photo and woman2 video) get one row per detector mode
+and ``--detector-tiling`` level: what tiling costs a crowd and a lone face.
 """
 from __future__ import annotations
 
@@ -34,13 +35,13 @@ TARGETS = ("targets: p50 <= 6 ms for a 640x480 frame with one face; <= 15 ms wit
 
 @dataclass
 class FrameSet:
-    """The frames of one row (or, with ``all_detectors``, one row per detector mode)."""
+    """The frames of one row (or, with ``per_mode``, one row per detector mode)."""
 
     label: str
     faces_by_eye: str
     frames: list[np.ndarray]      # BGR
     is_video: bool
-    all_detectors: bool = False
+    per_mode: bool = False
 
 
 def frame_sets(video_frames: int) -> list[FrameSet]:
@@ -50,20 +51,21 @@ def frame_sets(video_frames: int) -> list[FrameSet]:
     for name, faces in PHOTOS.items():
         photo = read_photo(name)
         sets.append(FrameSet(f"{name} ({photo.shape[1]}x{photo.shape[0]})", str(faces), [photo], False,
-                             all_detectors=faces == 7))
+                             per_mode=faces == 7))
         if name == "obama-720p.jpg" or faces == 7:
             sets.append(FrameSet(f"{name} at {width}x{height}", str(faces), [fit_frame(photo, width, height)],
-                                 False, all_detectors=faces == 7))
+                                 False, per_mode=True))
     selfie = next(frame for frame in crowded_frames(real_frames()) if frame.group == "group selfie")
     sets.append(FrameSet(f"group selfie at {width}x{height}", str(len(selfie.boxes)),
-                         [convert(selfie.image, "rgb", "bgr")], False, all_detectors=True))
+                         [convert(selfie.image, "rgb", "bgr")], False, per_mode=True))
     for name, faces in VIDEO_FACES.items():
         frames = read_video(name, limit=video_frames)
         size = f"{frames[0].shape[1]}x{frames[0].shape[0]}"
         sets.append(FrameSet(f"{name} ({size}, {len(frames)} frames)", faces, frames, True))
         if name == "woman2.mp4":
             resized = [fit_frame(frame, width, height) for frame in frames]
-            sets.append(FrameSet(f"{name} at {width}x{height} ({len(frames)} frames)", faces, resized, True))
+            sets.append(FrameSet(f"{name} at {width}x{height} ({len(frames)} frames)", faces, resized, True,
+                                 per_mode=True))
     return sets
 
 
@@ -97,9 +99,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=0,
                         help="ONNX Runtime intra-op threads (default 0: its own choice, as the node's default)")
     parser.add_argument("--detectors", nargs="+", default=["auto", "short", "full"],
-                        help="detector modes measured on the 7-face photos (default: all three)")
+                        help="detector modes measured on the camera-size rows (default: all three)")
     parser.add_argument("--detector-tiling", nargs="+", type=int, default=None,
-                        help="detector_tiling levels measured on the 7-face photos (default: the pipeline's)")
+                        help="detector_tiling levels measured on the camera-size rows (default: the pipeline's)")
     args = parser.parse_args(argv)
     check_positive(parser, "--repeat", args.repeat)
     if args.frames < 0 or args.warmup < 0 or args.threads < 0:
@@ -127,7 +129,7 @@ def main(argv=None) -> int:
           f"{args.repeat} times, videos once per frame, after {args.warmup} untimed frames\n")
     rows = []
     for frame_set in sets:
-        for mode in modes if frame_set.all_detectors else [default_detector]:
+        for mode in modes if frame_set.per_mode else [default_detector]:
             result = measure(pipelines[mode], frame_set.frames, frame_set.is_video, args.repeat, args.warmup)
             p50, p95, p99 = percentiles(result["totals"])
             rows.append([frame_set.label, frame_set.faces_by_eye, mode[0], mode[1], len(result["totals"]),

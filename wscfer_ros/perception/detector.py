@@ -42,7 +42,8 @@ Tiling (``tiling`` level 1 or more, the node's ``detector_tiling``; modes
 the frame (:func:`tiles`), each shrunk less than the whole frame, so small
 faces reach it larger; faces found in more than one place are kept once (the
 best score), a face cut by a tile's inner edge is taken from another tile,
-and a face the whole frame's models found is theirs.  Each tile is one more
+and a face the whole frame's models found is theirs; a face only a tile
+shows needs a score ``TILE_SCORE_MARGIN`` above ``min_confidence``.  Each tile is one more
 run of the full-range model, about as long as the whole frame's, so a stream
 does not pay them all on every frame: the first frame after :meth:`reset`
 (or after a change of frame size) runs every tile, and then one tile runs
@@ -101,8 +102,16 @@ MAX_TILE_FRACTION = 0.8
 #: With tiling on a stream, each tile runs once every this many frames (or
 #: every as many frames as there are tiles, if more), and the faces found in
 #: it are held until then: the delay before a small face's box follows it, and
-#: the longest a face that left stays reported.
-TILE_SWEEP_FRAMES = 15
+#: the longest a face that left stays reported (one second at 30 Hz).  Long
+#: enough that a 6-tile sweep leaves most frames without a tile, so a crowd's
+#: median frame costs what it costs without tiling.
+TILE_SWEEP_FRAMES = 30
+
+#: A face found only in a tile needs a score this much above
+#: ``min_confidence``: a tile magnifies texture as well as faces, and the
+#: full-range model's false faces there (a sleeve, a dark suit) scored
+#: 0.6-0.7 on the recall benchmark's frames, its true small faces mostly more.
+TILE_SCORE_MARGIN = 0.15
 
 #: With tiling on a stream, a frame whose faces are all at least this
 #: fraction of its longer side wide (people close to the camera, the node's
@@ -355,7 +364,8 @@ class FaceDetector:
             tile = np.ascontiguousarray(image_rgb[top:top + side, left:left + side])
             found = [((box[0] + left, box[1] + top, box[2], box[3]), score, [(x + left, y + top) for x, y in eyes])
                      for box, score, eyes in self._full_range_boxes(tile)
-                     if not _touches(box, side, inner_edges)]   # a face cut by the tile: whole in another
+                     if score >= self.min_confidence + TILE_SCORE_MARGIN
+                     and not _touches(box, side, inner_edges)]   # a face cut by the tile: whole in another
             self._tile_faces[index] = self._detections(found, image_rgb, frame_size)
         fresh = [face for index in visits for face in self._tile_faces[index]]
         held = [face for index, faces in self._tile_faces.items() if index not in visits for face in faces]
