@@ -142,6 +142,17 @@ def test_training_run_writes_metrics_best_checkpoint_and_csv(tiny_config, tmp_pa
     assert list((run / "tb").iterdir()), "TensorBoard events written"
 
 
+def test_a_machine_without_tensorboard_trains_with_metrics_csv_alone(tiny_config, tmp_path, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)    # import raises ImportError
+    tiny_config["optim"]["epochs"] = 1
+    with caplog.at_level("INFO", logger="wscfer_train"):
+        train(tiny_config)
+    run = tmp_path / "run"
+    assert (run / "best.json").exists() and len((run / "metrics.csv").read_text().splitlines()) == 2
+    assert not (run / "tb").exists()
+    assert "TensorBoard is not installed" in caplog.text
+
+
 def test_resume_after_interruption_matches_uninterrupted_run(reference_run, tmp_path):
     cfg, uninterrupted = reference_run
     interrupted = copy_to(cfg, tmp_path / "run")

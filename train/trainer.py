@@ -207,8 +207,7 @@ class RunFolder:
         # Atomic: under torchrun the other ranks may be reading config.yaml for --resume.
         write_text_atomic(self.path / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
         write_text_atomic(self.path / "run.json", json.dumps(summary, indent=2))
-        from torch.utils.tensorboard import SummaryWriter   # here: importing it takes seconds, and only rank 0 needs it
-        self._tensorboard = SummaryWriter(str(self.path / "tb"))
+        self._tensorboard = tensorboard_writer(self.path / "tb")
         self._csv = open_metrics_csv(self.path / "metrics.csv", completed_epochs)
         self._table = csv.DictWriter(self._csv, CSV_FIELDS)
 
@@ -236,7 +235,7 @@ class RunFolder:
         self._table.writerow(row)
         self._csv.flush()
         for key in ("loss", *PARTS, "lr", "images_per_s", "val_accuracy", "val_mean_recall"):
-            if row[key] is not None:
+            if row[key] is not None and self._tensorboard is not None:
                 self._tensorboard.add_scalar(key, row[key], row["step"])
 
     def where_saved(self, epochs: int, steps_per_epoch: int) -> str:
@@ -248,10 +247,23 @@ class RunFolder:
     def close(self, best: dict, finished: bool) -> None:
         if not self.writes:
             return
-        self._tensorboard.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
         self._csv.close()
         if finished:   # best.json marks a finished run (scripts/ablation.py skips those)
             (self.path / "best.json").write_text(json.dumps(best, indent=2))
+
+
+def tensorboard_writer(path: Path):
+    """A TensorBoard writer for the run's scalars, or None where TensorBoard is not installed (a bare
+    machine with torch alone): metrics.csv holds the same numbers."""
+    try:
+        # Imported here: it takes seconds, and only the process that writes the run needs it.
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.info("TensorBoard is not installed: the metrics go to metrics.csv only")
+        return None
+    return SummaryWriter(str(path))
 
 
 def open_metrics_csv(path: Path, completed_epochs: int):
