@@ -17,7 +17,6 @@ from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import DescribeParameters, SetParameters
 from sensor_msgs.msg import Image
 
-from conftest import FER_CLASSES
 from ros_helpers import (RELIABLE, STARTUP_TIMEOUT_S, TEST_PARAMETERS, NodeProcess,
                          NodeUnderTest, image_message)
 from test_hri_faces import HRI_EXPRESSIONS
