@@ -234,8 +234,10 @@ class RunFolder:
             return
         self._table.writerow(row)
         self._csv.flush()
+        if self._tensorboard is None:
+            return
         for key in ("loss", *PARTS, "lr", "images_per_s", "val_accuracy", "val_mean_recall"):
-            if row[key] is not None and self._tensorboard is not None:
+            if row[key] is not None:
                 self._tensorboard.add_scalar(key, row[key], row["step"])
 
     def where_saved(self, epochs: int, steps_per_epoch: int) -> str:

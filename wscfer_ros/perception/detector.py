@@ -109,8 +109,8 @@ TILE_SWEEP_FRAMES = 30
 
 #: A face found only in a tile needs a score this much above
 #: ``min_confidence``: a tile magnifies texture as well as faces, and the
-#: full-range model's false faces there (a sleeve, a dark suit) scored
-#: 0.6-0.7 on the recall benchmark's frames, its true small faces mostly more.
+#: full-range model's false faces there (a dark sleeve) score lower than
+#: its true small faces (benchmarks/results.md, "Face detector recall").
 TILE_SCORE_MARGIN = 0.15
 
 #: With tiling on a stream, a frame whose faces are all at least this
