@@ -7,10 +7,12 @@ mode and tiling level.
 """
 import sys
 
+import cv2
 import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
+from wscfer_ros.perception.colours import convert
 from wscfer_ros.perception.detector import (FULL_RANGE_HOLD_FRAMES, TILE_OVERLAP, TILE_SWEEP_FRAMES, FaceDetector,
                                             tiles)
 from wscfer_ros.perception.pipeline import PipelineConfig
@@ -130,8 +132,9 @@ def test_a_stream_pays_for_one_tile_at_a_time_and_keeps_every_small_face_on_ever
         detector.close()
 
 
-def test_a_stream_of_a_close_face_runs_no_tile_after_the_first_frame_and_a_crowd_starts_them_again(frames):
-    """The node's one-face case costs what it costs without tiling; a group coming into view is tiled."""
+def test_a_close_face_runs_no_tile_and_a_crowd_coming_into_view_starts_them(frames):
+    """The node's one-face case costs what it costs without tiling, from the first frame on; a group
+    coming into view is tiled."""
     close, crowd = frames["obama-720p.jpg at 640x480"], frames["group_2008_004176.jpg at 640x480"]
     counts = {}
     for tiling in (0, 2):
@@ -147,8 +150,19 @@ def test_a_stream_of_a_close_face_runs_no_tile_after_the_first_frame_and_a_crowd
         finally:
             detector.close()
     tile_count = len(tiles(640, 480, 2))
-    assert counts[2][0] == counts[0][0] + tile_count, "the close-up stream: every tile on its first frame only"
+    assert counts[2][0] == counts[0][0], "the close-up stream: no tile, not even on its first frame"
     assert counts[2][1] >= counts[0][1] + tile_count, "the crowd: a sweep of tiles"
+
+
+@pytest.mark.parametrize("name", ["neutral/Jacqueline_Edwards_0001.jpg", "neutral/Yishan_Zhang_0001.jpg",
+                                  "surprise/Chris_Neil_0001.jpg"])
+def test_a_whole_head_photo_keeps_its_face_and_no_feature_of_it(muxspace_dir, default_detector, name):
+    """Whole-head photos where the tiles of the close face showed an eye or a nostril as a small face,
+    which then replaced the face (muxspace images, 350x350)."""
+    image = convert(cv2.imread(str(muxspace_dir / name)), "bgr", "rgb")
+    default_detector.reset()
+    faces = default_detector.detect(image)
+    assert len(faces) == 1 and min(faces[0].box[2:]) > 0.5 * max(image.shape[:2]), faces
 
 
 @pytest.mark.parametrize("mode, tiling", [("auto", 0), ("auto", 2), ("full", 2)])

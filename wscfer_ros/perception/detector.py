@@ -49,13 +49,15 @@ does not pay them all on every frame: the first frame after :meth:`reset`
 (or after a change of frame size) runs every tile, and then one tile runs
 per frame on the first frames of every ``TILE_SWEEP_FRAMES``, each tile's
 faces held until its next visit; in ``"auto"`` mode a tile due on a frame
-that probes with the full-range model waits for the next frame.  A stream
+that probes with the full-range model waits for the next frame.  A frame
 whose faces are all close to the camera (``CLOSE_FACE_FRACTION``) runs no
-tile: tiles reveal small faces, and a scene shows them small ones (or none)
-where they are likely; small faces beside close ones that neither model
-sees in the whole frame are therefore found only on a still image or the
-first frame.  A small face the whole frame's models miss keeps the box it
-had when its tile last ran, for at most one sweep (also after it left).
+tile, a still image or a stream's first frame too: tiles reveal small faces,
+and a scene shows them small ones (or none) where they are likely, while a
+tile of a close face shows its features large enough to pass for small
+faces (an eye, a nostril), which would then replace it.  Small faces beside
+close ones that neither model sees in the whole frame are therefore not
+found.  A small face the whole frame's models miss keeps the box it had
+when its tile last ran, for at most one sweep (also after it left).
 
 Eye keypoints: the full-range model's follow a rolled head to within about
 4 degrees; the short-range model's barely do (a 25 degree roll reads as
@@ -291,7 +293,7 @@ class FaceDetector:
         self._tile_frame = None                         # the (width, height) the tiles were laid out for
         self._tile_layout = []                          # its tiles, from tiles()
         self._tile_faces = {}                           # tile index -> the faces found there last
-        self._sweep_frame = 0                           # frames since the sweep began, modulo its length
+        self._sweep_frame = None                        # frames since the sweep began (None: no frame yet)
         self._tile_waited = False                       # the tile due last frame waited for this one
 
     def warm_up(self) -> None:
@@ -343,13 +345,15 @@ class FaceDetector:
             return [], []
         height, width = image_rgb.shape[:2]
         close_up = bool(seen) and all(min(face.box[2:]) >= CLOSE_FACE_FRACTION * max(frame_size) for face in seen)
-        if (width, height) != self._tile_frame:    # after reset, or a new frame size: every tile now
+        if (width, height) != self._tile_frame:    # after reset, or a new frame size
             self._tile_frame, self._tile_layout = (width, height), tiles(width, height, self.tiling)
-            self._tile_faces, self._sweep_frame = {}, 0
-            visits = range(len(self._tile_layout))
-        elif close_up:                     # the next frame with small faces (or none) starts a sweep
+            self._tile_faces, self._sweep_frame = {}, None
+        if close_up:                       # the next frame with small faces (or none) starts a sweep
             self._tile_faces, self._sweep_frame, self._tile_waited = {}, -1, False
             visits = []
+        elif self._sweep_frame is None:    # the first frame of this size: every tile now
+            self._sweep_frame = 0
+            visits = range(len(self._tile_layout))
         else:
             following = (self._sweep_frame + 1) % max(TILE_SWEEP_FRAMES, len(self._tile_layout))
             due = following < len(self._tile_layout)
