@@ -43,10 +43,11 @@ the frame (:func:`tiles`), each shrunk less than the whole frame, so small
 faces reach it larger; faces found in more than one place are kept once (the
 best score), a face cut by a tile's inner edge is taken from another tile,
 and a face the whole frame's models found is theirs; a face only a tile
-shows needs a score ``TILE_SCORE_MARGIN`` above ``min_confidence``.  Each tile is one more
-run of the full-range model, about as long as the whole frame's, so a stream
-does not pay them all on every frame: the first frame after :meth:`reset`
-(or after a change of frame size) runs every tile, and then one tile runs
+shows needs a score ``TILE_SCORE_MARGIN`` above ``min_confidence``.  Each
+tile is one more run of the full-range model, about as long as the whole
+frame's, so a stream does not pay them all on every frame: the first frame
+after :meth:`reset` (or after a change of frame size) runs every tile
+(unless its faces are all close, below), and then one tile runs
 per frame on the first frames of every ``TILE_SWEEP_FRAMES``, each tile's
 faces held until its next visit; in ``"auto"`` mode a tile due on a frame
 that probes with the full-range model waits for the next frame.  A frame
