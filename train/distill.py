@@ -37,6 +37,7 @@ from .data import FaceDataset
 from .evaluate import load_checkpoint, predict_logits
 from . import peers
 from .peers import PEERS, load_peer
+from .registry import cache_root
 
 log = logging.getLogger("wscfer_train")
 
@@ -82,21 +83,21 @@ def check_settings(loss_cfg: dict) -> None:
 
 
 def soft_targets(loss_cfg: dict, dataset: FaceDataset, device: torch.device, batch_size: int,
-                 report: bool = True) -> torch.Tensor:
+                 report: bool = True, logits_cache: Path | None = None) -> torch.Tensor:
     """[N, C] float32 soft targets for ``dataset.images``; each row sums to 1.
 
     ``report``: show a progress bar and log how often each teacher and the
     mixture agree with the labels (off on all but one rank of a distributed run).
+    ``logits_cache``: a folder keeping each teacher's logits on these images
+    (see ``_cached_logits``).
     """
     teachers = parse_teachers(loss_cfg)
-    mirrored = np.ascontiguousarray(dataset.images[:, :, ::-1])
     total = torch.zeros(len(dataset.images), len(dataset.class_names))
     with tqdm(total=2 * len(teachers), desc="teacher soft targets", unit="pass", disable=not report) as bar:
         for teacher in teachers:
-            run = _teacher_logits(teacher.source, dataset, device, batch_size)
             mean = torch.zeros_like(total)
-            for images in (dataset.images, mirrored):
-                mean += torch.softmax(torch.from_numpy(run(images)).float() / teacher.temperature, dim=1) / 2
+            for logits in _cached_logits(teacher.source, dataset, device, batch_size, logits_cache, write=report):
+                mean += torch.softmax(torch.from_numpy(logits).float() / teacher.temperature, dim=1) / 2
                 bar.update()
             total += teacher.weight * mean
             if report:
@@ -118,7 +119,8 @@ def cached_soft_targets(path: Path, loss_cfg: dict, dataset: FaceDataset, device
     The file is reused only when it was made by the same teachers (the same
     settings, the same weights, and for a peer the same port of its
     preprocessing) for the same training images; otherwise it is computed
-    and written anew.
+    and written anew, from each teacher's logits kept under the cache folder
+    (``$WSCFER_CACHE/teacher_logits``) where another run made them already.
     """
     key = {"teachers": [{**vars(t), "made_by": _fingerprint(t.source)} for t in parse_teachers(loss_cfg)],
            "labels": hashlib.sha256(dataset.labels.tobytes()).hexdigest(), "shape": list(dataset.images.shape)}
@@ -127,13 +129,45 @@ def cached_soft_targets(path: Path, loss_cfg: dict, dataset: FaceDataset, device
         if stored.get("key") == key:
             log.info("soft targets read from %s", path)
             return stored["targets"]
-    targets = soft_targets(loss_cfg, dataset, device, batch_size, report)
+    targets = soft_targets(loss_cfg, dataset, device, batch_size, report, cache_root() / "teacher_logits")
     if report:
         path.parent.mkdir(parents=True, exist_ok=True)
         scratch = path.with_suffix(".tmp")
         torch.save({"key": key, "targets": targets}, scratch)
         os.replace(scratch, path)
     return targets
+
+
+def _cached_logits(source: str, dataset: FaceDataset, device: torch.device, batch_size: int,
+                   cache: Path | None, write: bool):
+    """The teacher's logits on ``dataset.images``, then on their mirror images (a generator).
+
+    With a ``cache`` folder they are kept there under a key made of the
+    teacher (``_fingerprint``), the images and the class order: a peer's pass
+    over FER2013 Training takes minutes, and the same peers teach every stage
+    of a recipe, at any temperature.
+    """
+    path = None
+    if cache is not None:
+        key = hashlib.sha256(_fingerprint(source).encode())
+        key.update(np.ascontiguousarray(dataset.images).tobytes())
+        key.update("\n".join(dataset.class_names).encode())
+        path = cache / f"{key.hexdigest()}.npz"
+        if path.is_file():
+            with np.load(path) as stored:
+                yield stored["plain"]
+                yield stored["mirrored"]
+            return
+    run = _teacher_logits(source, dataset, device, batch_size)
+    plain = run(dataset.images)
+    yield plain
+    mirrored = run(np.ascontiguousarray(dataset.images[:, :, ::-1]))
+    yield mirrored
+    if path is not None and write:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = path.with_name(path.stem + ".tmp.npz")
+        np.savez(scratch, plain=plain, mirrored=mirrored)
+        os.replace(scratch, path)
 
 
 def _fingerprint(source: str) -> str:
