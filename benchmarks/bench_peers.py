@@ -107,7 +107,7 @@ class Peer(Model):
     def classify(self, faces: np.ndarray) -> np.ndarray:
         from wscfer_train.peers import CANONICAL
 
-        return np.array(CANONICAL)[self.peer.logits(faces, CANONICAL, BATCH).argmax(axis=1)]
+        return np.array(CANONICAL)[self.peer.logits(faces, CANONICAL).argmax(axis=1)]
 
 
 class Fer(Model):

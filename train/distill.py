@@ -184,7 +184,7 @@ def _teacher_logits(source: str, dataset: FaceDataset, device: torch.device, bat
         missing = set(dataset.class_names) - set(peer.class_names)
         if missing:
             raise TeacherError(f"teacher {source} has no class {sorted(missing)}")
-        return lambda images: peer.logits(images, dataset.class_names, batch_size)
+        return lambda images: peer.logits(images, dataset.class_names)
     if source.endswith(".onnx"):
         return _model_file_logits(source, dataset)
     teacher, meta = _load_teacher(source, dataset, device)
