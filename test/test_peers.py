@@ -281,32 +281,33 @@ def test_an_onnx_teacher_gives_the_soft_targets_of_its_own_predictions(tmp_path)
     torch.testing.assert_close(targets.sum(1), torch.ones(5))
 
 
-def test_a_teachers_passes_are_made_once_for_every_run_and_temperature(tmp_path, monkeypatch):
+def test_a_peers_passes_are_made_once_for_every_run_and_temperature(tmp_path, monkeypatch, pretrained):
     from wscfer_train import distill
 
-    monkeypatch.setenv("WSCFER_CACHE", str(tmp_path / "cache"))
-    teacher = write_tiny_model(tmp_path / "teacher.onnx")
+    pretrained("human-models")
     images = np.random.default_rng(1).integers(0, 256, (6, 48, 48), dtype=np.uint8)
     dataset = FaceDataset(images, np.zeros(6, np.int64), list(FER_CLASSES), "random")
-    fresh = soft_targets({**LOSS, "teachers": [{"teacher": str(teacher), "temperature": 4.0}]}, dataset,
+    fresh = soft_targets({**LOSS, "teachers": [{"teacher": "human-models", "temperature": 4.0}]}, dataset,
                          torch.device("cpu"), 4, report=False)
     passes = []
     real = distill._teacher_logits
-    monkeypatch.setattr(distill, "_teacher_logits", lambda *args: passes.append(1) or real(*args))
+    monkeypatch.setattr(distill, "_teacher_logits", lambda *args: passes.append(args[0]) or real(*args))
+    cache = tmp_path / "logits"
 
-    def run_targets(run: str, temperature: float) -> torch.Tensor:
-        loss = {**LOSS, "teachers": [{"teacher": str(teacher), "temperature": temperature}]}
-        return distill.cached_soft_targets(tmp_path / run / "soft_targets.pt", loss, dataset,
-                                           torch.device("cpu"), 4)
+    def run_targets(run: str, teachers: list, data: FaceDataset = dataset) -> torch.Tensor:
+        return distill.cached_soft_targets(tmp_path / run / "soft_targets.pt", {**LOSS, "teachers": teachers},
+                                           data, torch.device("cpu"), 4, logits_cache=cache)
 
-    run_targets("stage1", 2.0)
-    second = run_targets("stage2", 4.0)
-    assert len(passes) == 1
+    run_targets("stage1", [{"teacher": "human-models", "temperature": 2.0}])
+    second = run_targets("stage2", [{"teacher": "human-models", "temperature": 4.0}])
+    assert passes == ["human-models"]
     torch.testing.assert_close(second, fresh)
+
     other_images = FaceDataset(images[::-1].copy(), np.zeros(6, np.int64), list(FER_CLASSES), "reversed")
-    distill.cached_soft_targets(tmp_path / "stage3" / "soft_targets.pt", {**LOSS, "teachers": [str(teacher)]},
-                                other_images, torch.device("cpu"), 4)
-    assert len(passes) == 2
+    run_teacher = str(write_tiny_model(tmp_path / "run.onnx"))
+    run_targets("stage3", ["human-models", run_teacher], other_images)
+    assert passes == ["human-models", "human-models", run_teacher]
+    assert len(list(cache.glob("*.npz"))) == 2    # a run of ours is not kept
 
 
 def test_an_onnx_teacher_without_the_datas_classes_is_refused(tmp_path):

@@ -88,8 +88,8 @@ def soft_targets(loss_cfg: dict, dataset: FaceDataset, device: torch.device, bat
 
     ``report``: show a progress bar and log how often each teacher and the
     mixture agree with the labels (off on all but one rank of a distributed run).
-    ``logits_cache``: a folder keeping each teacher's logits on these images
-    (see ``_cached_logits``).
+    ``logits_cache``: a folder keeping each peer teacher's logits on these
+    images (see ``_cached_logits``).
     """
     teachers = parse_teachers(loss_cfg)
     total = torch.zeros(len(dataset.images), len(dataset.class_names))
@@ -113,14 +113,15 @@ def soft_targets(loss_cfg: dict, dataset: FaceDataset, device: torch.device, bat
 
 
 def cached_soft_targets(path: Path, loss_cfg: dict, dataset: FaceDataset, device: torch.device,
-                        batch_size: int, report: bool = True) -> torch.Tensor:
+                        batch_size: int, report: bool = True, logits_cache: Path | None = None) -> torch.Tensor:
     """``soft_targets``, kept in ``path`` so that a resumed run does not compute them again.
 
     The file is reused only when it was made by the same teachers (the same
     settings, the same weights, and for a peer the same port of its
     preprocessing) for the same training images; otherwise it is computed
-    and written anew, from each teacher's logits kept under the cache folder
-    (``$WSCFER_CACHE/teacher_logits``) where another run made them already.
+    and written anew, from each peer's logits kept in ``logits_cache``
+    (default ``$WSCFER_CACHE/teacher_logits``) where another run made them
+    already.
     """
     key = {"teachers": [{**vars(t), "made_by": _fingerprint(t.source)} for t in parse_teachers(loss_cfg)],
            "labels": hashlib.sha256(dataset.labels.tobytes()).hexdigest(), "shape": list(dataset.images.shape)}
@@ -129,7 +130,8 @@ def cached_soft_targets(path: Path, loss_cfg: dict, dataset: FaceDataset, device
         if stored.get("key") == key:
             log.info("soft targets read from %s", path)
             return stored["targets"]
-    targets = soft_targets(loss_cfg, dataset, device, batch_size, report, cache_root() / "teacher_logits")
+    targets = soft_targets(loss_cfg, dataset, device, batch_size, report,
+                           logits_cache or cache_root() / "teacher_logits")
     if report:
         path.parent.mkdir(parents=True, exist_ok=True)
         scratch = path.with_suffix(".tmp")
@@ -142,13 +144,14 @@ def _cached_logits(source: str, dataset: FaceDataset, device: torch.device, batc
                    cache: Path | None, write: bool):
     """The teacher's logits on ``dataset.images``, then on their mirror images (a generator).
 
-    With a ``cache`` folder they are kept there under a key made of the
-    teacher (``_fingerprint``), the images and the class order: a peer's pass
-    over FER2013 Training takes minutes, and the same peers teach every stage
-    of a recipe, at any temperature.
+    A peer's are kept in the ``cache`` folder under a key made of the port
+    (``_fingerprint``), the images and the class order: its pass over
+    FER2013 Training takes minutes, and the same peers teach every stage of a
+    recipe, at any temperature.  A run of ours teaches one stage, quickly:
+    not kept.
     """
     path = None
-    if cache is not None:
+    if cache is not None and source in PEERS:
         key = hashlib.sha256(_fingerprint(source).encode())
         key.update(np.ascontiguousarray(dataset.images).tobytes())
         key.update("\n".join(dataset.class_names).encode())
