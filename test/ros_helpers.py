@@ -199,6 +199,7 @@ class NodeUnderTest:
                                                              RELIABLE)
             self._outputs["debug_image"] = debug_images
         diagnostics, self.diagnostics = client.collect(DiagnosticArray, "/diagnostics")
+        self._diagnostics = diagnostics
         self._subscriptions = [*self._outputs.values(), diagnostics]
         self.sent = 0
 
@@ -233,6 +234,8 @@ class NodeUnderTest:
                    for name, subscription in self._outputs.items()},
                 **{f"the node's {name} publisher matched":
                    int(node_side.get(f"subscribers: {name}", 0)) > 0 for name in self._outputs},
+                "our diagnostics subscription matched": self._diagnostics.get_publisher_count() > 0,
+                "the node's diagnostics heard": bool(node_side),
             }
 
         def missing() -> str:

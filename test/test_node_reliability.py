@@ -6,6 +6,7 @@ are published with reliable QoS, so every message reaches the node and its
 counters can be compared with what was sent.
 """
 import array
+import itertools
 import shutil
 import signal
 import threading
@@ -261,14 +262,23 @@ def test_missing_model_fails_configure_under_a_lifecycle_manager(start_node, con
     assert "Traceback" not in process.output()
 
 
+IN_PROCESS_NODES = itertools.count()
+
+
 @pytest.fixture
 def in_process_node(ros_dir, model_file):
-    """An autostarted node in this process, so a test can break its pipeline from inside."""
+    """An autostarted node in this process, so a test can break its pipeline from inside.
+
+    Each gets a namespace of its own: the previous test's node, destroyed in
+    this process, can linger in discovery (and in rosout's table of logger
+    names) for a while, and a test must not connect to its topics.
+    """
     context = rclpy.Context()
     rclpy.init(context=context)
     overrides = [Parameter("model_path", value=str(model_file)), Parameter("qos", value="reliable"),
                  Parameter("queue_depth", value=100), Parameter("diagnostics_period", value=0.2)]
-    node = ExpressionNode(context=context, namespace="/in_process", parameter_overrides=overrides)
+    node = ExpressionNode(context=context, namespace=f"/in_process_{next(IN_PROCESS_NODES)}",
+                          parameter_overrides=overrides)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
     assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
@@ -307,7 +317,7 @@ def test_an_exception_in_one_frame_is_counted_logged_once_and_the_next_frame_pro
         owner, method = ((pipeline._detector, "detect") if stage == "detection"
                          else (pipeline.classifier, "predict"))
         monkeypatch.setattr(owner, method, failing_first(burst, getattr(owner, method)))
-    node = connect(None, namespace="/in_process")
+    node = connect(None, namespace=in_process_node.get_namespace())
     node.wait_until_subscribed()
 
     for stamp in range(burst):
