@@ -310,6 +310,22 @@ def test_a_peers_passes_are_made_once_for_every_run_and_temperature(tmp_path, mo
     assert len(list(cache.glob("*.npz"))) == 2    # a run of ours is not kept
 
 
+def test_each_peer_teaches_with_its_own_logits_when_they_are_cached(tmp_path, pretrained):
+    from wscfer_train import distill
+
+    for name in ("human-models", "face-api"):
+        pretrained(name)
+    images = np.random.default_rng(2).integers(0, 256, (6, 48, 48), dtype=np.uint8)
+    dataset = FaceDataset(images, np.zeros(6, np.int64), list(FER_CLASSES), "random")
+    cache = tmp_path / "logits"
+    for name in ("human-models", "face-api"):
+        loss = {**LOSS, "teachers": [name]}
+        cached = distill.cached_soft_targets(tmp_path / name / "soft_targets.pt", loss, dataset,
+                                             torch.device("cpu"), 4, logits_cache=cache)
+        torch.testing.assert_close(cached, soft_targets(loss, dataset, torch.device("cpu"), 4, report=False))
+    assert len(list(cache.glob("*.npz"))) == 2
+
+
 def test_an_onnx_teacher_without_the_datas_classes_is_refused(tmp_path):
     teacher = write_tiny_model(tmp_path / "teacher.onnx", classes=["happy", "sad"])
     dataset = FaceDataset(np.zeros((2, 48, 48), np.uint8), np.zeros(2, np.int64), list(FER_CLASSES), "zeros")

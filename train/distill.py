@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from .data import FaceDataset
 from .evaluate import load_checkpoint, predict_logits
-from . import peers
+from . import peers, registry
 from .peers import PEERS, load_peer
 from .registry import cache_root
 
@@ -174,9 +174,15 @@ def _cached_logits(source: str, dataset: FaceDataset, device: torch.device, batc
 
 
 def _fingerprint(source: str) -> str:
-    """sha256 of what turns images into the teacher's logits: its file, or for a peer the port's code."""
+    """sha256 of what turns images into the teacher's logits.
+
+    A model file: its bytes.  A peer: its name, the port's code and the
+    registry's pins of its weights (the ports share one file, so the code
+    alone would give every peer the same fingerprint).
+    """
     if source in PEERS:
-        return hashlib.sha256(Path(peers.__file__).read_bytes()).hexdigest()
+        return hashlib.sha256(source.encode() + Path(peers.__file__).read_bytes()
+                              + Path(registry.__file__).read_bytes()).hexdigest()
     return hashlib.sha256(Path(source).read_bytes()).hexdigest()
 
 
