@@ -326,6 +326,29 @@ def test_each_peer_teaches_with_its_own_logits_when_they_are_cached(tmp_path, pr
     assert len(list(cache.glob("*.npz"))) == 2
 
 
+def test_a_new_pin_of_one_peers_weights_recomputes_that_peers_logits_only(tmp_path, monkeypatch, pretrained):
+    from wscfer_train import distill
+
+    for name in ("human-models", "face-api"):
+        pretrained(name)
+    images = np.random.default_rng(3).integers(0, 256, (6, 48, 48), dtype=np.uint8)
+    dataset = FaceDataset(images, np.zeros(6, np.int64), list(FER_CLASSES), "random")
+    passes = []
+    real = distill._teacher_logits
+    monkeypatch.setattr(distill, "_teacher_logits", lambda *args: passes.append(args[0]) or real(*args))
+    cache = tmp_path / "logits"
+
+    def run_targets(run: str) -> None:
+        distill.cached_soft_targets(tmp_path / run / "soft_targets.pt", {**LOSS, "teachers": ["human-models", "face-api"]},
+                                    dataset, torch.device("cpu"), 4, logits_cache=cache)
+
+    run_targets("before")
+    pinned = registry.PACKAGES["face-api"]
+    monkeypatch.setitem(registry.PACKAGES, "face-api", registry.Package(**{**vars(pinned), "sha256": "0" * 64}))
+    run_targets("after")
+    assert passes == ["human-models", "face-api", "face-api"]
+
+
 def test_an_onnx_teacher_without_the_datas_classes_is_refused(tmp_path):
     teacher = write_tiny_model(tmp_path / "teacher.onnx", classes=["happy", "sad"])
     dataset = FaceDataset(np.zeros((2, 48, 48), np.uint8), np.zeros(2, np.int64), list(FER_CLASSES), "zeros")

@@ -177,12 +177,12 @@ def _fingerprint(source: str) -> str:
     """sha256 of what turns images into the teacher's logits.
 
     A model file: its bytes.  A peer: its name, the port's code and the
-    registry's pins of its weights (the ports share one file, so the code
-    alone would give every peer the same fingerprint).
+    registry's pin of its weights (package, version, sha256; the ports share
+    one file, so the code alone would give every peer the same fingerprint).
     """
     if source in PEERS:
         return hashlib.sha256(source.encode() + Path(peers.__file__).read_bytes()
-                              + Path(registry.__file__).read_bytes()).hexdigest()
+                              + repr(registry.PACKAGES[source]).encode()).hexdigest()
     return hashlib.sha256(Path(source).read_bytes()).hexdigest()
 
 
