@@ -1,0 +1,84 @@
+"""scripts/checkpoint_from_onnx.py: weights recovered from an exported file compute what the file computes."""
+import importlib.util
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+
+from conftest import write_tiny_model
+from test_export import write_checkpoint
+from wscfer_train.config import load_config
+from wscfer_train.export import export, load_images, onnx_logits
+from wscfer_train.model import WSCFERNet, build_model, load_init
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def recover():
+    spec = importlib.util.spec_from_file_location("checkpoint_from_onnx",
+                                                  REPO_ROOT / "scripts" / "checkpoint_from_onnx.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def recovered(recover, fer2013_dir, tmp_path_factory):
+    """An fp16 export of a ResNet with non-trivial BatchNorm, and the weights recovered from it."""
+    folder = tmp_path_factory.mktemp("recover")
+    export(write_checkpoint(folder / "best.pt"), folder / "model.onnx", precision="fp16")
+    assert recover.main([str(folder / "model.onnx"), str(folder / "weights.pt"),
+                         "--calibration", str(fer2013_dir / "train"), "--count", "512"]) == 0
+    return folder / "model.onnx", folder / "weights.pt"
+
+
+def network(weights: Path) -> WSCFERNet:
+    model = build_model(load_config(None, ["model.arch=resnet10", "model.width=8"])["model"], 7, 1)
+    model.load_state_dict(torch.load(weights, weights_only=True)["model"])
+    return model
+
+
+def real_faces(fer2013_dir, meta):
+    pixels = load_images(str(fer2013_dir / "val"), 48, "gray", 256, seed=3).astype("float32") / 255.0
+    return torch.from_numpy((pixels[:, None] - meta["mean"][0]) / meta["std"][0])
+
+
+def test_eval_mode_reproduces_the_files_logits(recovered, fer2013_dir):
+    model_file, weights = recovered
+    meta = {prop.key: json.loads(prop.value) for prop in onnx.load(model_file).metadata_props
+            if prop.key in ("mean", "std")}
+    faces = real_faces(fer2013_dir, meta)
+    with torch.no_grad():
+        logits = network(weights).eval()(faces)
+    assert (logits - torch.from_numpy(onnx_logits(model_file, faces.numpy()))).abs().max() < 1e-4
+
+
+def test_training_mode_on_a_batch_of_real_faces_keeps_the_files_predictions(recovered, fer2013_dir):
+    """BatchNorm's batch statistics must not move the activations away from the folded network's."""
+    model_file, weights = recovered
+    meta = {prop.key: json.loads(prop.value) for prop in onnx.load(model_file).metadata_props
+            if prop.key in ("mean", "std")}
+    faces = real_faces(fer2013_dir, meta)
+    model = network(weights)
+    with torch.no_grad():
+        reference = model.eval()(faces)
+        training = model.train()(faces)
+    assert (training.argmax(1) == reference.argmax(1)).float().mean() > 0.9
+    assert (training - reference).abs().mean() < 0.1 * reference.abs().mean()
+
+
+def test_init_from_the_recovered_weights_loads_the_whole_backbone(recovered):
+    model = build_model(load_config(None, ["model.arch=resnet10", "model.width=8"])["model"], 7, 1)
+    report = load_init(model, str(recovered[1]))
+    assert report["missing"] == [] and report["mismatched"] == []
+
+
+def test_a_file_that_is_not_a_resnet_export_is_refused_in_one_line(recover, tmp_path, capsys):
+    model_file = write_tiny_model(tmp_path / "tiny.onnx")
+    assert recover.main([str(model_file), str(tmp_path / "weights.pt")]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error:") and error.count("\n") == 1
+    assert not (tmp_path / "weights.pt").exists()
