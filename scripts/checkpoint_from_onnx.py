@@ -19,15 +19,17 @@ head is not in the file; ``--init`` loads the backbone only anyway.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
+from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
+from wscfer_ros.perception.contract import Contract, ContractError
+from wscfer_train.augment import prepare_eval
 from wscfer_train.config import DEFAULTS
 from wscfer_train.export import load_images, onnx_logits
 from wscfer_train.model import BLOCKS, build_model
@@ -55,16 +57,6 @@ def float_initialisers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {name: value.astype(np.float32) for name, value in values.items()}
 
 
-def normalised_faces(source: str, count: int, meta: dict[str, str]) -> torch.Tensor:
-    """Real faces as the network sees them: resized, scaled to [0, 1], normalised with the file's mean and std."""
-    size, color = json.loads(meta["input_size"])[0], meta["color"]
-    pixels = load_images(source, size, color, count).astype(np.float32) / 255.0
-    pixels = pixels[:, None] if pixels.ndim == 3 else pixels.transpose(0, 3, 1, 2)
-    mean = np.array(json.loads(meta["mean"]), np.float32)[:, None, None]
-    std = np.array(json.loads(meta["std"]), np.float32)[:, None, None]
-    return torch.from_numpy(np.ascontiguousarray((pixels - mean) / std))
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="an ONNX file written by wscfer-export (a ResNet, not an ensemble)")
@@ -73,35 +65,40 @@ def main(argv=None) -> int:
     parser.add_argument("--count", type=int, default=2048)
     args = parser.parse_args(argv)
 
-    stored = onnx.load(args.model)
-    meta = {prop.key: prop.value for prop in stored.metadata_props}
-    arch, width, stem = meta.get("arch", "?-?-?").split("-")
+    try:
+        stored = onnx.load(args.model)
+        meta = {prop.key: prop.value for prop in stored.metadata_props}
+        contract = Contract.from_props(meta)
+    except (OSError, DecodeError, ContractError) as error:
+        print(f"error: {args.model}: {error}", file=sys.stderr)
+        return 1
+    arch, width, stem = (meta.get("arch", "?-?-?").split("-") + ["?", "?"])[:3]
     if arch not in BLOCKS:
         print(f"error: {args.model}: arch {meta.get('arch')!r} is not one of the ResNets {sorted(BLOCKS)}",
               file=sys.stderr)
         return 1
-    classes = json.loads(meta["class_names"])
     model = build_model({**DEFAULTS["model"], "arch": arch, "width": int(width[1:]), "stem": stem},
-                        len(classes), 1 if meta["color"] == "gray" else 3).eval()
+                        len(contract.class_names), contract.channels).eval()
     modules = dict(model.named_modules())
-    values = float_initialisers(stored)
-    convs = {module_path(node.name): (values[node.input[1]], values[node.input[2]])
-             for node in stored.graph.node if node.op_type == "Conv"}
-    if set(convs) != {name for name, module in modules.items() if isinstance(module, torch.nn.Conv2d)}:
-        print(f"error: {args.model}: its convolutions are not those of {meta['arch']} (an ensemble?)",
+    conv_nodes = {module_path(node.name): node for node in stored.graph.node if node.op_type == "Conv"}
+    if set(conv_nodes) != {name for name, module in modules.items() if isinstance(module, torch.nn.Conv2d)} \
+            or any(len(node.input) < 3 for node in conv_nodes.values()):
+        print(f"error: {args.model}: its convolutions are not those of {meta['arch']} alone (an ensemble?)",
               file=sys.stderr)
         return 1
+    values = float_initialisers(stored)
+    convs = {name: (values[node.input[1]], values[node.input[2]]) for name, node in conv_nodes.items()}
     order = list(modules)   # registration order: each convolution's BatchNorm is the next one
     norm_of = {name: next(other for other in order[order.index(name):]
                           if isinstance(modules[other], torch.nn.BatchNorm2d)) for name in convs}
 
-    moments: dict[str, list[torch.Tensor]] = {}
+    moments: dict[str, torch.Tensor] = {}   # per convolution: [count, sum z, sum z^2] per channel
 
     def record(name):
         def hook(module, inputs, output):
-            z = output.double().transpose(0, 1).flatten(1)
-            totals = moments.setdefault(name, [0, 0, 0])
-            totals[0], totals[1], totals[2] = totals[0] + z.sum(1), totals[1] + z.pow(2).sum(1), totals[2] + z.shape[1]
+            z = output.double().transpose(0, 1).flatten(1)   # channels x (batch * positions)
+            sums = torch.stack([torch.full_like(z[:, 0], z.shape[1]), z.sum(1), z.pow(2).sum(1)])
+            moments[name] = moments.get(name, 0) + sums
         return hook
 
     with torch.no_grad():
@@ -116,14 +113,15 @@ def main(argv=None) -> int:
         model.classifier.weight.copy_(torch.from_numpy(values[gemm.input[1]]))
         model.classifier.bias.copy_(torch.from_numpy(values[gemm.input[2]]))
 
-        faces = normalised_faces(args.calibration, args.count, meta)
+        images = load_images(args.calibration, contract.input_size[0], contract.color, args.count)
+        faces = prepare_eval(torch.from_numpy(images), contract.mean, contract.std)
         hooks = [modules[name].register_forward_hook(record(name)) for name in convs]
         for batch in faces.split(256):
             model(batch)
         for hook in hooks:
             hook.remove()
         for name, (_, bias) in convs.items():   # then the statistics that make training mode agree too
-            total, square, count = moments[name]
+            count, total, square = moments[name]
             mean = total / count
             std = (square / count - mean.pow(2)).clamp_min(1e-8).sqrt()
             norm = modules[norm_of[name]]

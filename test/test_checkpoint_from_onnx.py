@@ -1,6 +1,5 @@
 """scripts/checkpoint_from_onnx.py: weights recovered from an exported file compute what the file computes."""
 import importlib.util
-import json
 from pathlib import Path
 
 import onnx
@@ -9,6 +8,8 @@ import torch
 
 from conftest import write_tiny_model
 from test_export import write_checkpoint
+from wscfer_ros.perception.contract import Contract
+from wscfer_train.augment import prepare_eval
 from wscfer_train.config import load_config
 from wscfer_train.export import export, load_images, onnx_logits
 from wscfer_train.model import WSCFERNet, build_model, load_init
@@ -41,16 +42,16 @@ def network(weights: Path) -> WSCFERNet:
     return model
 
 
-def real_faces(fer2013_dir, meta):
-    pixels = load_images(str(fer2013_dir / "val"), 48, "gray", 256, seed=3).astype("float32") / 255.0
-    return torch.from_numpy((pixels[:, None] - meta["mean"][0]) / meta["std"][0])
+def real_faces(fer2013_dir, model_file):
+    """256 validation faces prepared as the file's contract says."""
+    contract = Contract.from_props({prop.key: prop.value for prop in onnx.load(model_file).metadata_props})
+    images = load_images(str(fer2013_dir / "val"), 48, "gray", 256, seed=3)
+    return prepare_eval(torch.from_numpy(images), contract.mean, contract.std)
 
 
 def test_eval_mode_reproduces_the_files_logits(recovered, fer2013_dir):
     model_file, weights = recovered
-    meta = {prop.key: json.loads(prop.value) for prop in onnx.load(model_file).metadata_props
-            if prop.key in ("mean", "std")}
-    faces = real_faces(fer2013_dir, meta)
+    faces = real_faces(fer2013_dir, model_file)
     with torch.no_grad():
         logits = network(weights).eval()(faces)
     assert (logits - torch.from_numpy(onnx_logits(model_file, faces.numpy()))).abs().max() < 1e-4
@@ -59,9 +60,7 @@ def test_eval_mode_reproduces_the_files_logits(recovered, fer2013_dir):
 def test_training_mode_on_a_batch_of_real_faces_keeps_the_files_predictions(recovered, fer2013_dir):
     """BatchNorm's batch statistics must not move the activations away from the folded network's."""
     model_file, weights = recovered
-    meta = {prop.key: json.loads(prop.value) for prop in onnx.load(model_file).metadata_props
-            if prop.key in ("mean", "std")}
-    faces = real_faces(fer2013_dir, meta)
+    faces = real_faces(fer2013_dir, model_file)
     model = network(weights)
     with torch.no_grad():
         reference = model.eval()(faces)
@@ -76,8 +75,13 @@ def test_init_from_the_recovered_weights_loads_the_whole_backbone(recovered):
     assert report["missing"] == [] and report["mismatched"] == []
 
 
-def test_a_file_that_is_not_a_resnet_export_is_refused_in_one_line(recover, tmp_path, capsys):
-    model_file = write_tiny_model(tmp_path / "tiny.onnx")
+@pytest.mark.parametrize("given", ["tiny model", "ensemble", "missing file", "not onnx"])
+def test_a_file_that_is_not_a_resnet_export_is_refused_in_one_line(recover, tmp_path, capsys, given):
+    model_file = {"tiny model": lambda: write_tiny_model(tmp_path / "tiny.onnx"),
+                  "ensemble": lambda: REPO_ROOT / "wscfer_ros" / "models" / "accurate.onnx",
+                  "missing file": lambda: tmp_path / "missing.onnx",
+                  "not onnx": lambda: (tmp_path / "notes.onnx").write_text("no model here") and tmp_path / "notes.onnx",
+                  }[given]()
     assert recover.main([str(model_file), str(tmp_path / "weights.pt")]) == 1
     error = capsys.readouterr().err
     assert error.startswith("error:") and error.count("\n") == 1
