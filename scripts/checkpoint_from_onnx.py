@@ -132,7 +132,10 @@ def main(argv=None) -> int:
         logits = torch.cat([model(batch) for batch in faces.split(256)]).numpy()
     gap = np.abs(logits - onnx_logits(args.model, faces.numpy())).max()
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "recovered_from": str(args.model)}, args.output)
+    # The projection head is not in the file: leave it out rather than save random weights as recovered.
+    weights = {name: tensor for name, tensor in model.state_dict().items() if not name.startswith("projection.")}
+    torch.save({"model": weights, "class_names": list(contract.class_names), "recovered_from": str(args.model)},
+               args.output)
     print(f"{args.output}: {len(convs)} convolutions of {meta['arch']} from {args.model}; "
           f"largest logit difference to the file on {len(faces)} faces {gap:.1e}")
     return 0

@@ -36,9 +36,15 @@ def recovered(recover, fer2013_dir, tmp_path_factory):
     return folder / "model.onnx", folder / "weights.pt"
 
 
-def network(weights: Path) -> WSCFERNet:
+def class_names(model_file: Path) -> list[str]:
+    return list(Contract.from_props({prop.key: prop.value for prop in onnx.load(model_file).metadata_props})
+                .class_names)
+
+
+def network(weights: Path, names: list[str]) -> WSCFERNet:
+    """The recovered weights as a run's ``model.init`` loads them."""
     model = build_model(load_config(None, ["model.arch=resnet10", "model.width=8"])["model"], 7, 1)
-    model.load_state_dict(torch.load(weights, weights_only=True)["model"])
+    load_init(model, str(weights), names)
     return model
 
 
@@ -53,7 +59,7 @@ def test_eval_mode_reproduces_the_files_logits(recovered, fer2013_dir):
     model_file, weights = recovered
     faces = real_faces(fer2013_dir, model_file)
     with torch.no_grad():
-        logits = network(weights).eval()(faces)
+        logits = network(weights, class_names(model_file)).eval()(faces)
     assert (logits - torch.from_numpy(onnx_logits(model_file, faces.numpy()))).abs().max() < 1e-4
 
 
@@ -61,7 +67,7 @@ def test_training_mode_on_a_batch_of_real_faces_keeps_the_files_predictions(reco
     """BatchNorm's batch statistics must not move the activations away from the folded network's."""
     model_file, weights = recovered
     faces = real_faces(fer2013_dir, model_file)
-    model = network(weights)
+    model = network(weights, class_names(model_file))
     with torch.no_grad():
         reference = model.eval()(faces)
         training = model.train()(faces)
@@ -69,10 +75,21 @@ def test_training_mode_on_a_batch_of_real_faces_keeps_the_files_predictions(reco
     assert (training - reference).abs().mean() < 0.1 * reference.abs().mean()
 
 
-def test_init_from_the_recovered_weights_loads_the_whole_backbone(recovered):
+def test_init_from_the_recovered_weights_loads_the_backbone_and_the_classifier(recovered):
+    """A warm restart keeps the file's head; the projection head is not in the file, so it is left as built."""
     model = build_model(load_config(None, ["model.arch=resnet10", "model.width=8"])["model"], 7, 1)
-    report = load_init(model, str(recovered[1]))
-    assert report["missing"] == [] and report["mismatched"] == []
+    report = load_init(model, str(recovered[1]), class_names(recovered[0]))
+    assert report["mismatched"] == [] and report["unexpected"] == []
+    assert {"classifier.weight", "classifier.bias"} <= set(report["matched"])
+    assert report["missing"] and all(name.startswith("projection.") for name in report["missing"])
+
+
+def test_init_for_classes_in_another_order_leaves_the_classifier_as_built(recovered):
+    model = build_model(load_config(None, ["model.arch=resnet10", "model.width=8"])["model"], 7, 1)
+    built = model.classifier.weight.clone()
+    report = load_init(model, str(recovered[1]), class_names(recovered[0])[::-1])
+    assert report["missing"] == [] and {"classifier.weight", "classifier.bias"} <= set(report["unexpected"])
+    assert torch.equal(model.classifier.weight, built)
 
 
 @pytest.mark.parametrize("given", ["tiny model", "ensemble", "missing file", "not onnx"])

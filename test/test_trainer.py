@@ -400,6 +400,27 @@ def test_init_loads_matching_backbone_weights_and_reports_the_rest(tmp_path):
     assert torch.allclose(model.backbone.conv1.weight, donor.backbone.conv1.weight.sum(1, keepdim=True))
 
 
+def test_init_from_a_runs_best_checkpoint_keeps_its_heads_for_the_same_classes(tmp_path):
+    """A warm restart from a best.pt starts from the whole network, classifier and projection included."""
+    classes = ["angry", "happy", "sad"]
+    donor = build_model(TINY_MODEL, num_classes=3, in_channels=1)
+    path = tmp_path / "best.pt"
+    torch.save({"model": donor.state_dict(), "meta": {"class_names": classes}, "config": {}}, path)
+
+    model = build_model(TINY_MODEL, num_classes=3, in_channels=1)
+    report = load_init(model, str(path), classes)
+    assert report["missing"] == [] and report["unexpected"] == [] and report["mismatched"] == []
+    faces = torch.randn(4, 1, 24, 24)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(faces), donor.eval()(faces))
+
+    fresh = build_model(TINY_MODEL, num_classes=3, in_channels=1)
+    report = load_init(fresh, str(path), ["happy", "angry", "sad"])
+    assert report["missing"] == [] and sorted(report["unexpected"]) == sorted(
+        name for name in donor.state_dict() if not name.startswith("backbone."))
+    assert not torch.equal(fresh.classifier.weight, donor.classifier.weight)
+
+
 def test_a_class_map_naming_an_unknown_class_stops_the_cli_with_one_clear_error(tiny_config, tmp_path,
                                                                               caplog):
     tiny_config["data"]["train"] = {**tiny_config["data"]["train"],

@@ -155,34 +155,48 @@ def pretrained_normalisation(arch: str, color: str) -> tuple[list[float], list[f
     return list(mean), list(std)
 
 
-def load_init(model: WSCFERNet, path: str) -> dict[str, list[str]]:
-    """Load a user-supplied state_dict (e.g. face-recognition or ImageNet weights).
+def load_init(model: WSCFERNet, path: str, class_names: list[str] | None = None) -> dict[str, list[str]]:
+    """Load a user-supplied state_dict (e.g. face-recognition or ImageNet weights, or a run's own).
 
     Keys are matched to the backbone by name, tolerating the usual prefixes
     (``module.``, ``backbone.``, ``encoder.``); tensors whose shape differs
     (a 3-channel stem for a gray model is summed over its input channels, as
-    is common) are reported rather than forced.  Returns and logs what was
-    matched, what the model missed and what the file had in excess.
+    is common) are reported rather than forced.  The heads (``classifier.``,
+    ``projection.``) are loaded too when the file names its classes and they
+    are ``class_names`` in the same order (a ``best.pt`` or a file of
+    ``scripts/checkpoint_from_onnx.py``): a warm restart keeps what the head
+    had learnt.  Returns and logs what was matched, what the model missed and
+    what the file had in excess.
     """
     state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
-    own = model.backbone.state_dict()
+    file_classes = None
+    if isinstance(state, dict):
+        file_classes = state.get("class_names", state.get("meta", {}).get("class_names"))
+        state = state.get("state_dict", state.get("model", state))
+    heads = ("classifier.", "projection.")
+    keep_heads = class_names is not None and file_classes is not None and list(file_classes) == list(class_names)
+    own = {name: tensor for name, tensor in model.state_dict().items()
+           if name.startswith("backbone.") or keep_heads and name.startswith(heads)}
     matched, mismatched, unexpected = {}, [], []
     for key, tensor in state.items():
         name = key
-        for prefix in ("module.", "backbone.", "encoder.", "model."):
+        for prefix in ("module.", "encoder.", "model."):
             name = name[len(prefix):] if name.startswith(prefix) else name
+        name = name if name.startswith(("backbone.",) + heads) else f"backbone.{name}"
         if name not in own:
             unexpected.append(key)
         elif own[name].shape == tensor.shape:
             matched[name] = tensor
-        elif name == "conv1.weight" and tensor.shape[1] == 3 and own[name].shape[1] == 1 \
+        elif name == "backbone.conv1.weight" and tensor.shape[1] == 3 and own[name].shape[1] == 1 \
                 and own[name].shape[0] == tensor.shape[0] and own[name].shape[2:] == tensor.shape[2:]:
             matched[name] = tensor.sum(dim=1, keepdim=True)
         else:
             mismatched.append(f"{key} {tuple(tensor.shape)} vs {tuple(own[name].shape)}")
-    model.backbone.load_state_dict(matched, strict=False)
-    report = {"matched": sorted(matched), "missing": sorted(set(own) - set(matched)),
+    model.load_state_dict(matched, strict=False)
+
+    def short(names):
+        return sorted(name.removeprefix("backbone.") for name in names)
+    report = {"matched": short(matched), "missing": short(set(own) - set(matched)),
               "mismatched": mismatched, "unexpected": unexpected}
     log.info("--init %s: %d tensors matched, %d missing in the file, %d shape mismatches, %d unused keys",
              path, len(report["matched"]), len(report["missing"]), len(mismatched), len(unexpected))

@@ -371,15 +371,15 @@ class Training:
     amp_dtype: torch.dtype | None
 
 
-def build_training(cfg: dict, n_classes: int, steps_per_epoch: int, rank: int, world: int, device: torch.device,
+def build_training(cfg: dict, class_names: list[str], steps_per_epoch: int, rank: int, world: int, device: torch.device,
                    fresh: bool) -> Training:
     """The model (from its pretrained or ``model.init`` start when ``fresh``), optimiser, schedule, augmentation."""
     data_cfg, optim = cfg["data"], cfg["optim"]
-    model = build_model(cfg["model"], n_classes, contract.channels(data_cfg["color"]))
+    model = build_model(cfg["model"], len(class_names), contract.channels(data_cfg["color"]))
     if fresh and cfg["model"]["pretrained"]:
         load_pretrained(model)
     if fresh and cfg["model"]["init"]:
-        load_init(model, cfg["model"]["init"])
+        load_init(model, cfg["model"]["init"], class_names)
     model.to(device)
     optimizer = make_optimizer(model, optim)
     schedule = warmup_cosine(optim["epochs"] * steps_per_epoch, int(optim["warmup_epochs"] * steps_per_epoch))
@@ -531,7 +531,7 @@ def _train(cfg: dict, resume: bool, signals: StopSignals) -> dict:
     fill_normalisation(cfg, train_set.images)
     batch = optim["batch_size"]
     steps_per_epoch = steps_in_epoch(len(train_set.labels), batch, world)
-    training = build_training(cfg, len(train_set.class_names), steps_per_epoch, rank, world, device,
+    training = build_training(cfg, train_set.class_names, steps_per_epoch, rank, world, device,
                               fresh=resumed is None)
     meta = model_meta(cfg, train_set, noise, training.amp_dtype)
     start_epoch, start_step, best = starting_point(resumed, training, meta, optim["epochs"], steps_per_epoch)
@@ -635,7 +635,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "always change)")
     parser.add_argument("--init", metavar="WEIGHTS",
                         help="a .pt file to start the backbone from: matching layers are loaded, the others "
-                             "listed")
+                             "listed; the heads too when the file names the same classes (a best.pt, or "
+                             "scripts/checkpoint_from_onnx.py's output)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="settings that replace the config file's, e.g. optim.epochs=5 data.limit=2000")
     return parser
