@@ -77,7 +77,8 @@ def test_the_default_detector_finds_every_face_of_the_group_selfie_on_every_fram
 ])
 def test_tiling_finds_small_faces_the_whole_frame_hides(frames, label, tiling, minimum):
     frame = frames[label]
-    with_tiles, without = FaceDetector("auto", max_faces=100, tiling=tiling), FaceDetector("auto", max_faces=100)
+    with_tiles, without = FaceDetector("auto", max_faces=100, tiling=tiling), \
+        FaceDetector("auto", max_faces=100, tiling=0)
     try:
         hits, extra = found(with_tiles, frame)
         hits_without, _ = found(without, frame)

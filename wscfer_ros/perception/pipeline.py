@@ -15,7 +15,7 @@ import numpy as np
 from .classifier import PROVIDER_CHOICES, Classifier
 from .colours import to_rgb
 from .crops import crop_faces
-from .detector import DETECTOR_MODES, FaceDetector
+from .detector import DEFAULT_TILING, DETECTOR_MODES, FaceDetector
 from .tracking import FaceTracker
 
 def _setting(default, description: str, **cli):
@@ -41,7 +41,7 @@ class PipelineConfig:
     detector: str = _setting("auto", "MediaPipe face detector: 'short' (faces within about 2 m), 'full' "
                                      "(groups and distant faces) or 'auto' (see detector.py)",
                              choices=DETECTOR_MODES)
-    detector_tiling: int = _setting(2, "0: off; 1 or more: the full-range face model also sees square "
+    detector_tiling: int = _setting(DEFAULT_TILING, "0: off; 1 or more: the full-range face model also sees square "
                                        "tiles of the frame (1: as high as the frame, 2: two rows of "
                                        "them), so small faces reach it larger: more faces found in group "
                                        "shots; a stream runs one tile per frame on a few frames of each "
