@@ -385,7 +385,8 @@ def _read_packed(root: Path, size: int, color: str, subset: Subset, *, split: st
     """
     path = root / file
     if not path.is_file():
-        raise FileNotFoundError(f"packed dataset {path} not found")
+        raise FileNotFoundError(f"packed dataset {path} not found (scripts/pack_dataset.py makes one; relative "
+                                "roots are resolved under WSCFER_DATA)")
     with np.load(path, allow_pickle=False) as pack:
         if f"{split}_labels" not in pack:
             splits = sorted(key[:-len("_labels")] for key in pack.files if key.endswith("_labels"))
