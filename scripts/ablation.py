@@ -25,6 +25,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 ROWS = [  # (name, loss.aux, label noise)
     ("baseline", "none", 0.0), ("+SimCLR", "simclr", 0.0), ("+SupCon", "supcon", 0.0),
@@ -61,13 +63,13 @@ def train_run(config: str, out: Path, settings: list[str]) -> dict:
     return json.loads((out / "best.json").read_text())
 
 
-def muxspace_metrics(out: Path) -> dict:
-    """Accuracy and mean recall of the run's best.pt on muxspace's faces as crops."""
+def muxspace_metrics(out: Path, spec: dict) -> dict:
+    """Accuracy and mean recall of the run's best.pt on muxspace's faces (``spec``) as crops."""
     from wscfer_train.data import data_root, load_dataset
     from wscfer_train.evaluate import evaluate, open_checkpoint
 
     model = open_checkpoint(out / "best.pt", "cpu")
-    dataset = load_dataset(MUXSPACE, size=model.input_size[0], color=model.color, data_root=data_root())
+    dataset = load_dataset(spec, size=model.input_size[0], color=model.color, data_root=data_root())
     metrics = evaluate(model, dataset)
     return {key: metrics[key] for key in ("accuracy", "mean_recall")}
 
@@ -131,6 +133,10 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", nargs="+", choices=[name for name, _, _ in ROWS], metavar="ROW",
                         help="run only these rows (default: all), e.g. to try a PCL setting: "
                              "--rows WSCFER --out runs/pcl_try loss.lambda_pcl=0.1")
+    parser.add_argument("--muxspace", type=yaml.safe_load, default=MUXSPACE, metavar="SPEC",
+                        help="where muxspace's faces are, as a dataset spec in YAML (default: the folder under "
+                             "WSCFER_DATA), e.g. a packed copy: '{format: packed, root: ., file: pack.npz, "
+                             "split: muxspace}'")
     parser.add_argument("--report", action="store_true",
                         help="train nothing: write the table of the runs recorded so far")
     parser.add_argument("overrides", nargs="*", help="extra key=value overrides applied to every run")
@@ -164,7 +170,7 @@ def main(argv=None) -> int:
             runs.append({"run": name, "aux": aux, "noise": noise, "seed": seed,
                          "val": {"accuracy": best["accuracy"], "mean_recall": best["mean_recall"],
                                  "epoch": best["epoch"]},
-                         "muxspace": muxspace_metrics(out)})
+                         "muxspace": muxspace_metrics(out, args.muxspace)})
             summary, table = summarise(runs, rows, schedule)
             write_atomically(json_path, json.dumps(summary, indent=2) + "\n")
             write_atomically(table_path, table)

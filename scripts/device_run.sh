@@ -3,16 +3,20 @@
 # tqdm installed; no ../shared, no venv, no network), from what scripts/prepare_device_run.sh
 # packed into runs/device/. Everything it brings back goes under $OUT.
 #
-#   bash scripts/device_run.sh teacher [key=value ...]
+#   bash scripts/device_run.sh teacher|ablation [key=value ...]
 #
 # teacher: config/train_fer2013_r18_teacher_gpu.yaml (full-width ResNet-18, 64 px, 60 epochs) for
 #   at most TRAIN_SECONDS (default 420), then its best epoch exported as an fp16 ONNX file (a
 #   teacher for the CPU default: a model file resizes faces itself), that file's validation
 #   figures and the classifier's latency table on this machine (1 and 16 faces). key=value
-#   settings go to wscfer-train (a CPU check: optim.epochs=1 train.max_steps=2).
+#   settings go to wscfer-train (a CPU check: optim.epochs=1 model.width=8).
+# ablation: scripts/ablation.py --schedule full --seeds 3 (the paper's ResNet-18, 40 epochs, every
+#   row) on the packed FER2013, each run scored on the packed muxspace, for at most
+#   ABLATION_SECONDS (default 540); the table and its JSON come back. key=value settings go to
+#   every run (a CPU check: optim.epochs=1 model.width=8 --rows baseline --seeds 1).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PART=${1:?usage: device_run.sh teacher [key=value ...]}
+PART=${1:?usage: device_run.sh teacher|ablation [key=value ...]}
 shift
 OUT=${OUT:-runs/device/out}
 mkdir -p "$OUT"
@@ -50,7 +54,17 @@ case "$PART" in
             --no-variants --no-session-options > "$OUT/bench_classifier.md"
         echo "bench rc $?"
         ;;
+    ablation)
+        # The ablation's full schedule on the packed data, for at most ABLATION_SECONDS (default 540);
+        # the runs finished are in the JSON (carry it back in runs/device/ to go on from there).
+        PACK="{format: packed, root: ., file: fer2013.npz"
+        timeout "${ABLATION_SECONDS:-540}" "$PYTHON" scripts/ablation.py --schedule full --seeds 3 \
+            --out runs/device/ablation --json runs/device/ablation_full.json --table "$OUT/ablation_full.md" \
+            --muxspace "$PACK, split: muxspace}" "data.train=$PACK, split: train}" "data.val=$PACK, split: val}" "$@"
+        echo "ablation rc $?"
+        cp runs/device/ablation_full.json "$OUT"/ 2>/dev/null
+        ;;
     *)
-        echo "device_run.sh: unknown part $PART (teacher)"; exit 2 ;;
+        echo "device_run.sh: unknown part $PART (teacher or ablation)"; exit 2 ;;
 esac
 echo "device_run.sh: done; results in $OUT"

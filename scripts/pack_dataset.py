@@ -20,6 +20,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import yaml
 
 from wscfer_train.config import load_config
 from wscfer_train.data import data_root, load_dataset
@@ -35,18 +36,30 @@ def encode(images: np.ndarray, quality: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(chunks), offsets
 
 
+def named_spec(text: str) -> tuple[str, dict]:
+    """``NAME=SPEC`` as (name, the spec's YAML read)."""
+    name, sep, spec = text.partition("=")
+    if not sep or not name or name in ("train", "val"):
+        raise argparse.ArgumentTypeError(f"expected NAME=SPEC with a NAME other than train and val, got {text!r}")
+    return name, yaml.safe_load(spec)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="training YAML whose data.train and data.val to pack")
     parser.add_argument("--out", type=Path, required=True, help="the .npz file to write")
     parser.add_argument("--quality", type=int, default=85, help="JPEG quality (default 85)")
+    parser.add_argument("--split", action="append", default=[], type=named_spec, metavar="NAME=SPEC",
+                        help="one more dataset to pack as split NAME (SPEC: a dataset spec as YAML), e.g. "
+                             "the faces an evaluation scores; repeatable")
     args = parser.parse_args(argv)
     data = load_config(args.config)["data"]
     arrays, class_names = {}, None
-    for split in ("train", "val"):
-        dataset = load_dataset(data[split], size=data["size"], color=data["color"], data_root=data_root())
+    for split, spec in [("train", data["train"]), ("val", data["val"]), *args.split]:
+        dataset = load_dataset(spec, size=data["size"], color=data["color"], data_root=data_root())
         if class_names not in (None, dataset.class_names):
-            raise ValueError(f"train and val classes differ: {class_names} vs {dataset.class_names}")
+            raise ValueError(f"the {split} split's classes differ from train's: {dataset.class_names} vs "
+                             f"{class_names}")
         class_names = dataset.class_names
         arrays[f"{split}_bytes"], arrays[f"{split}_offsets"] = encode(dataset.images, args.quality)
         arrays[f"{split}_labels"] = dataset.labels.astype(np.int16)

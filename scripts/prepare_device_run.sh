@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Fills runs/device/ with what scripts/device_run.sh needs on a GPU machine that has neither
 # ../shared, nor this project's virtual environment, nor the registries (about 45 MB in all):
-#   runs/device/data/fer2013.npz      FER2013 Training and PublicTest, 48 px, JPEG quality 85
+#   runs/device/data/fer2013.npz      FER2013 Training and PublicTest, and muxspace, 48 px, JPEG quality 85
 #   runs/device/<run>/soft_targets.pt the teachers' soft targets of the GPU config, computed here
 #   runs/device/wheels/               PyYAML wheels for CPython 3.10-3.13 (the rest is there)
 #   runs/stage2_default.onnx          the teacher file those soft targets name (its bytes are checked)
 # Then, with the run tool: carry ["runs/device", "runs/stage2_default.onnx"] and
-#   bash scripts/device_run.sh teacher
+#   bash scripts/device_run.sh teacher      (or: ablation)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -14,7 +14,10 @@ CONFIG=config/train_fer2013_r18_teacher_gpu.yaml
 export WSCFER_DATA=${WSCFER_DATA:-../shared/data}
 
 [ -s runs/stage2_default.onnx ] || git show 79acb66:wscfer_ros/models/default.onnx > runs/stage2_default.onnx
-"$PYTHON" scripts/pack_dataset.py --config config/train_fer2013.yaml --out runs/device/data/fer2013.npz
+# muxspace too, as the ablation scores every run on it (its spec: scripts/ablation.py's MUXSPACE).
+MUXSPACE=$("$PYTHON" -c "import json, runpy; print(json.dumps(runpy.run_path('scripts/ablation.py')['MUXSPACE']))")
+"$PYTHON" scripts/pack_dataset.py --config config/train_fer2013.yaml --out runs/device/data/fer2013.npz \
+    --split "muxspace=$MUXSPACE"
 # On FER2013's own images (the pack's labels and order are theirs): the peers' logits come from the cache.
 "$PYTHON" - "$CONFIG" <<'PY'
 import sys

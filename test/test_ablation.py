@@ -58,7 +58,7 @@ def test_a_missing_run_is_trained_and_recorded_with_its_muxspace_score(ablation,
         return {"accuracy": 0.5, "mean_recall": 0.4, "epoch": 3}
 
     monkeypatch.setattr(ablation, "train_run", train_run)
-    monkeypatch.setattr(ablation, "muxspace_metrics", lambda out: {"accuracy": 0.3, "mean_recall": 0.2})
+    monkeypatch.setattr(ablation, "muxspace_metrics", lambda out, spec: {"accuracy": 0.3, "mean_recall": 0.2})
     record = tmp_path / "ablation.json"
     write_record(record, ablation, [recorded_run("none", 0.2, 0, 0.55)])
 

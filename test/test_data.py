@@ -437,6 +437,34 @@ def test_packed_reader_round_trips_images_and_labels(tmp_path):
     assert resized.images.shape == (3, 24, 24, 3)
 
 
+def test_pack_dataset_packs_train_val_and_named_splits_that_read_back_as_packed(tmp_path, monkeypatch):
+    """scripts/pack_dataset.py: a config's two splits and --split NAME=SPEC, each image with its label."""
+    import importlib.util
+    import yaml
+    spec = importlib.util.spec_from_file_location("pack_dataset", Path(__file__).parents[1] / "scripts" /
+                                                  "pack_dataset.py")
+    pack_dataset = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pack_dataset)
+    folders = {}
+    for split, names in (("train", ["angry", "happy", "sad"]), ("val", ["happy"]), ("extra", ["sad", "angry"])):
+        for index, name in enumerate(names):
+            write_face(tmp_path / split / name / f"{index}.png", name)
+        folders[split] = {"format": "folder", "root": split,
+                          "class_map": {name: name for name in ("angry", "happy", "sad")}}
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({"data": {"train": folders["train"], "val": folders["val"], "size": 24}}))
+    out = tmp_path / "pack" / "faces.npz"
+    monkeypatch.setenv("WSCFER_DATA", str(tmp_path))
+    assert pack_dataset.main(["--config", str(config), "--out", str(out), "--quality", "95",
+                              "--split", "extra=" + json.dumps(folders["extra"])]) == 0
+    for split, count in (("train", 3), ("val", 1), ("extra", 2)):
+        packed = load_dataset({"format": "packed", "root": str(out.parent), "file": out.name, "split": split},
+                              size=24, color="gray", data_root=tmp_path)
+        assert len(packed.labels) == count
+        for image, label in zip(packed.images, packed.labels):
+            assert abs(int(image.mean()) - BRIGHTNESS[packed.class_names[label]]) <= 3
+
+
 def test_packed_reader_names_a_missing_split(tmp_path):
     write_pack(tmp_path / "pack.npz", [np.zeros((8, 8), np.uint8)], [0], ["angry"])
     with pytest.raises(ValueError, match=r"no split 'val'.*\['train'\]"):
