@@ -13,8 +13,9 @@ mean and standard deviation of z over real faces,
 
 so that eval mode gives gamma (z - m) / s + beta = z + b' exactly, and
 training mode, normalising by the batch's own statistics, gives about the
-same (the next layers see the scale they were trained on).  The projection
-head is not in the file; ``--init`` loads the backbone only anyway.
+same (the next layers see the scale they were trained on).  The classifier
+is the file's last Gemm, saved with the file's class names so that ``--init``
+keeps it; the projection head is not in the file and is left out.
 """
 from __future__ import annotations
 
@@ -132,7 +133,6 @@ def main(argv=None) -> int:
         logits = torch.cat([model(batch) for batch in faces.split(256)]).numpy()
     gap = np.abs(logits - onnx_logits(args.model, faces.numpy())).max()
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    # The projection head is not in the file: leave it out rather than save random weights as recovered.
     weights = {name: tensor for name, tensor in model.state_dict().items() if not name.startswith("projection.")}
     torch.save({"model": weights, "class_names": list(contract.class_names), "recovered_from": str(args.model)},
                args.output)

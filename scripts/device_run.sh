@@ -8,8 +8,8 @@
 # teacher: config/train_fer2013_r18_teacher_gpu.yaml (full-width ResNet-18, 64 px, 60 epochs) for
 #   at most TRAIN_SECONDS (default 420), then its best epoch exported as an fp16 ONNX file (a
 #   teacher for the CPU default: a model file resizes faces itself), that file's validation
-#   figures and the classifier's latency table on this machine (1 and 16 faces). key=value
-#   settings go to wscfer-train (a CPU check: optim.epochs=1 model.width=8).
+#   figures, and the latency of the shipped default and of that file on this machine (1 and 16
+#   faces). key=value settings go to wscfer-train (a CPU check: optim.epochs=1 model.width=8).
 # ablation: scripts/ablation.py --schedule full --seeds 3 (the paper's ResNet-18, 40 epochs, every
 #   row) on the packed FER2013, each run scored on the packed muxspace, for at most
 #   ABLATION_SECONDS (default 540); the table and its JSON come back. key=value settings go to
@@ -50,8 +50,10 @@ case "$PART" in
         cp "$RUN"/{best.json,metrics.csv,run.json,config.yaml} "$OUT"/ 2>/dev/null
         "$PYTHON" -m wscfer_train.export "$RUN/best.pt" "$OUT/r18_teacher_64px.onnx" --precision fp16 \
             > "$OUT/export.json" || { echo "device_run.sh: export failed"; exit 1; }
-        "$PYTHON" benchmarks/bench_classifier.py --model "$OUT/r18_teacher_64px.onnx" --faces 1 16 \
-            --no-variants --no-session-options > "$OUT/bench_classifier.md"
+        # The shipped default's latency rows on this machine, and the teacher's beside them.
+        "$PYTHON" benchmarks/bench_classifier.py --model wscfer_ros/models/default.onnx \
+            --models "$OUT/r18_teacher_64px.onnx" --faces 1 16 --no-variants --no-session-options \
+            > "$OUT/bench_classifier.md"
         echo "bench rc $?"
         ;;
     ablation)

@@ -36,9 +36,12 @@ def recovered(recover, fer2013_dir, tmp_path_factory):
     return folder / "model.onnx", folder / "weights.pt"
 
 
+def file_contract(model_file: Path) -> Contract:
+    return Contract.from_props({prop.key: prop.value for prop in onnx.load(model_file).metadata_props})
+
+
 def class_names(model_file: Path) -> list[str]:
-    return list(Contract.from_props({prop.key: prop.value for prop in onnx.load(model_file).metadata_props})
-                .class_names)
+    return list(file_contract(model_file).class_names)
 
 
 def network(weights: Path, names: list[str]) -> WSCFERNet:
@@ -50,7 +53,7 @@ def network(weights: Path, names: list[str]) -> WSCFERNet:
 
 def real_faces(fer2013_dir, model_file):
     """256 validation faces prepared as the file's contract says."""
-    contract = Contract.from_props({prop.key: prop.value for prop in onnx.load(model_file).metadata_props})
+    contract = file_contract(model_file)
     images = load_images(str(fer2013_dir / "val"), 48, "gray", 256, seed=3)
     return prepare_eval(torch.from_numpy(images), contract.mean, contract.std)
 
@@ -92,12 +95,17 @@ def test_init_for_classes_in_another_order_leaves_the_classifier_as_built(recove
     assert torch.equal(model.classifier.weight, built)
 
 
+def write_text(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
 @pytest.mark.parametrize("given", ["tiny model", "ensemble", "missing file", "not onnx"])
 def test_a_file_that_is_not_a_resnet_export_is_refused_in_one_line(recover, tmp_path, capsys, given):
     model_file = {"tiny model": lambda: write_tiny_model(tmp_path / "tiny.onnx"),
                   "ensemble": lambda: REPO_ROOT / "wscfer_ros" / "models" / "accurate.onnx",
                   "missing file": lambda: tmp_path / "missing.onnx",
-                  "not onnx": lambda: (tmp_path / "notes.onnx").write_text("no model here") and tmp_path / "notes.onnx",
+                  "not onnx": lambda: write_text(tmp_path / "notes.onnx", "no model here"),
                   }[given]()
     assert recover.main([str(model_file), str(tmp_path / "weights.pt")]) == 1
     error = capsys.readouterr().err
