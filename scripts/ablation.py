@@ -5,7 +5,8 @@
 
 Same data, schedule, seed and augmentation in every row; only the auxiliary
 loss changes.  Then baseline and WSCFER again with 20 % and 30 % of the
-training labels flipped (validation stays clean).  Each (row, seed) is one
+training labels flipped (validation stays clean), and +WSC, the shipped
+files' loss, with 30 %.  Each (row, seed) is one
 ``wscfer-train`` run in ``--out``.  Every finished run is recorded in the
 ``--json`` file with its settings and its best epoch's metrics (FER2013
 PublicTest, and muxspace's faces as crops); runs found there or finished in
@@ -33,6 +34,7 @@ ROWS = [  # (name, loss.aux, label noise)
     ("+WSC", "wsc", 0.0), ("WSCFER", "wscfer", 0.0),
     ("baseline, 20 % noise", "none", 0.2), ("WSCFER, 20 % noise", "wscfer", 0.2),
     ("baseline, 30 % noise", "none", 0.3), ("WSCFER, 30 % noise", "wscfer", 0.3),
+    ("+WSC, 30 % noise", "wsc", 0.3),
 ]
 SCHEDULES = {
     # What a 2-core CPU with bf16 runs in about a quarter of an hour per seed: the
