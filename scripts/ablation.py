@@ -5,13 +5,13 @@
 
 Same data, schedule, seed and augmentation in every row; only the auxiliary
 loss changes.  Then baseline and WSCFER again with 20 % and 30 % of the
-training labels flipped (validation stays clean), and +WSC, the shipped
-files' loss, with 30 %.  Each (row, seed) is one
-``wscfer-train`` run in ``--out``.  Every finished run is recorded in the
-``--json`` file with its settings and its best epoch's metrics (FER2013
-PublicTest, and muxspace's faces as crops); runs found there or finished in
-``--out`` are not trained again and interrupted ones are resumed, so the
-command can be re-run, on another machine too, until the table is complete.
+training labels flipped (validation stays clean), and +WSC, the shipped files'
+loss, with 30 %.  Each (row, seed) is one ``wscfer-train`` run in ``--out``.
+Every finished run is recorded in the ``--json`` file with its settings and
+its best epoch's metrics (FER2013 PublicTest, and muxspace's faces as crops);
+runs found there or finished in ``--out`` are not trained again and
+interrupted ones are resumed, so the command can be re-run, on another machine
+too, until the table is complete.
 The table (mean and standard deviation over seeds of accuracy and mean
 per-class recall) is rewritten after every run: to ``--table`` as markdown and
 to ``--json`` as rows.
